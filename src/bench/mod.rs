@@ -1,0 +1,65 @@
+//! `cures bench ...`: performance figures, each measured side by side with its reference in
+//! the same run and reported as a ratio. A reference that cannot run is reported as `null`
+//! with the reason on stderr, never skipped silently.
+
+pub mod curriculum;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Median of a sample (NaN when empty).
+pub fn median(xs: &[f64]) -> f64 {
+    percentile(xs, 0.5)
+}
+
+/// Nearest-rank percentile `q` ∈ [0, 1] of a sample (NaN when empty).
+pub fn percentile(xs: &[f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let k = ((v.len() - 1) as f64 * q).round() as usize;
+    v[k.min(v.len() - 1)]
+}
+
+/// Locate a file shipped in the repository (scripts/...): relative to the working directory
+/// first, then to the source tree the binary was built from.
+pub fn repo_file(rel: &str) -> Option<PathBuf> {
+    let here = Path::new(rel);
+    if here.exists() {
+        return Some(here.to_path_buf());
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    built.exists().then_some(built)
+}
+
+/// The Python interpreter for reference benchmarks: `$CURES_BENCH_PYTHON`, else the venv made
+/// by `scripts/bench/setup-venv.sh`, else `python3`. The first that can import `module` wins;
+/// the error lists what was tried.
+pub fn reference_python(module: &str) -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(p) = std::env::var("CURES_BENCH_PYTHON") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/cures/bench-venv/bin/python"));
+    }
+    candidates.push(PathBuf::from("python3"));
+    let mut tried = Vec::new();
+    for py in candidates {
+        let ok = Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return Ok(py);
+        }
+        tried.push(py.display().to_string());
+    }
+    Err(format!(
+        "no Python with `{module}` found (tried {}): run scripts/bench/setup-venv.sh",
+        tried.join(", ")
+    ))
+}

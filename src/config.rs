@@ -1,0 +1,673 @@
+//! One TOML schema for every command: typed, defaulted, validated.
+//!
+//! A config file is read with [`Config::load`], which parses the TOML (errors carry the file,
+//! line and key), applies `--set key=value` overrides, fills defaults and validates the
+//! combination (errors name the key and the reason). `cures check --config FILE` prints the
+//! resolved result. Later subsystems add their own sections here.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Paper's scale (cures-algorithm.md §1): m = 1024 prompts, N = 8192 completions per step.
+const DEFAULT_PROMPTS: usize = 1024;
+const DEFAULT_BUDGET: usize = 8192;
+
+/// A configuration error that names the offending key (or file) and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error (unknown key, wrong type); the message carries line/column.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A `--set` override that is not `key=value` or cannot be applied.
+    #[error("--set {spec}: {reason}")]
+    Override { spec: String, reason: String },
+    /// A value (or combination of values) that is out of range.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration of a cures job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Run name; outputs go under `results/.../<name>/`.
+    pub name: String,
+    /// Master seed: every random stream of the job is derived from it.
+    pub seed: u64,
+    /// Per-step batch shape: prompts m and completion budget N.
+    pub batch: BatchConfig,
+    /// Prompt sampling, rollout allocation and posterior settings.
+    pub curriculum: CurriculumConfig,
+    /// Iterations over disjoint subsets (Algorithm 1) or streaming.
+    pub iterations: IterationConfig,
+    /// Synthetic prompt pool for `cures simulate`.
+    pub simulate: SimulateConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "cures".to_string(),
+            seed: 0,
+            batch: BatchConfig::default(),
+            curriculum: CurriculumConfig::default(),
+            iterations: IterationConfig::default(),
+            simulate: SimulateConfig::default(),
+        }
+    }
+}
+
+/// `[batch]`: m prompts and N completions per step (Σ n_i = N exactly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// m: prompts drawn per step (draws, before merging duplicates).
+    pub prompts: usize,
+    /// N: completions generated per step, over all prompts of the batch.
+    pub budget: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            prompts: DEFAULT_PROMPTS,
+            budget: DEFAULT_BUDGET,
+        }
+    }
+}
+
+/// Which method decides the batch and the rollout counts (cures-algorithm.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// CurES: ρ ∝ exp(√(p̂(1−p̂))/τ), n_i ∝ σ_i.
+    Cures,
+    /// Uniform sampling, equal n per prompt.
+    Grpo,
+    /// Uniform over prompts whose observed accuracy is strictly between 0 and 1; equal n.
+    SpeedRl,
+    /// Uniform sampling, n_i ∝ G_i/√(p_i + a/p_i^(b−1)), n_i = 0 when p_i = 0.
+    Gvm,
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StrategyKind::Cures => "cures",
+            StrategyKind::Grpo => "grpo",
+            StrategyKind::SpeedRl => "speed_rl",
+            StrategyKind::Gvm => "gvm",
+        })
+    }
+}
+
+/// How the per-prompt sampling temperature is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemperatureRule {
+    /// The paper: one global τ.
+    Global,
+    /// The released code: t_i = 100·(c_i + 1) per prompt (≈ uniform).
+    ReleasedCode,
+}
+
+/// Draw the batch with or without replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replacement {
+    /// The paper: i.i.d. draws from ρ; a prompt drawn k times is one merged group.
+    WithReplacement,
+    /// The released code: successive draws without replacement within a batch.
+    WithoutReplacement,
+}
+
+/// σ_i estimator for Neyman allocation (cures-algorithm.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SigmaKind {
+    /// σ_i ∝ √(p̂(1−p̂)): gradient-free.
+    Bernoulli,
+    /// Eq. 21 from per-prompt class statistics of ∇ log π.
+    Gradient,
+}
+
+/// When observed rewards update the posterior.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PosteriorUpdates {
+    /// The paper: after every step.
+    EveryStep,
+    /// The released code: only from the N' pre-rollouts at iteration start.
+    IterationStart,
+}
+
+/// Which accuracy estimate enters σ_i.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PEstimate {
+    /// The paper: posterior mean α/(α+β).
+    PosteriorMean,
+    /// The released code: maximum likelihood c/n from observed counts (prior mean if unobserved).
+    MaxLikelihood,
+}
+
+/// `[curriculum]`: the CurES engine's knobs. Defaults follow the paper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CurriculumConfig {
+    /// Strategy: `cures` | `grpo` | `speed_rl` | `gvm`.
+    pub strategy: StrategyKind,
+    /// τ of ρ ∝ exp(√(p̂(1−p̂))/τ); 0.1 → ρ(0.5)/ρ(1/6) = 3.6.
+    pub tau: f64,
+    /// `global` (paper) or `released_code` (t_i = 100(c_i+1)).
+    pub temperature: TemperatureRule,
+    /// `with_replacement` (paper) or `without_replacement`.
+    pub sampling: Replacement,
+    /// `bernoulli` or `gradient`.
+    pub sigma: SigmaKind,
+    /// Lower bound on n_i for a drawn prompt (2 so group-relative advantages exist).
+    pub n_min: usize,
+    /// Upper bound on n_i for a drawn prompt; default N/4.
+    pub n_max: Option<usize>,
+    /// Beta prior α_0.
+    pub prior_alpha: f64,
+    /// Beta prior β_0.
+    pub prior_beta: f64,
+    /// Forgetting λ ∈ (0, 1]: α ← λα + (1−λ)α_0 before adding a sampled prompt's counts. 1 = off.
+    pub forgetting: f64,
+    /// Reset the posteriors of an iteration's subset at its start (paper: true).
+    pub reset_each_iteration: bool,
+    /// `every_step` (paper) or `iteration_start` (released code).
+    pub posterior_updates: PosteriorUpdates,
+    /// `posterior_mean` (paper) or `max_likelihood` (released code) for p inside σ.
+    pub p_estimate: PEstimate,
+    /// GVM's a (default 1e-3).
+    pub gvm_a: f64,
+    /// GVM's b (default 2).
+    pub gvm_b: f64,
+}
+
+impl Default for CurriculumConfig {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyKind::Cures,
+            tau: 0.1,
+            temperature: TemperatureRule::Global,
+            sampling: Replacement::WithReplacement,
+            sigma: SigmaKind::Bernoulli,
+            n_min: 2,
+            n_max: None,
+            prior_alpha: 1.0,
+            prior_beta: 1.0,
+            forgetting: 1.0,
+            reset_each_iteration: true,
+            posterior_updates: PosteriorUpdates::EveryStep,
+            p_estimate: PEstimate::PosteriorMean,
+            gvm_a: 1e-3,
+            gvm_b: 2.0,
+        }
+    }
+}
+
+impl CurriculumConfig {
+    /// n_max resolved against the budget (default N/4, never below n_min).
+    pub fn n_max_for(&self, batch: &BatchConfig) -> usize {
+        self.n_max
+            .unwrap_or_else(|| (batch.budget / 4).max(self.n_min))
+    }
+}
+
+/// Subsets (Algorithm 1) or one streaming pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IterationMode {
+    /// T disjoint subsets, M steps each, init rollouts at each start.
+    Subsets,
+    /// One pool over the whole dataset, no iterations (optionally with forgetting).
+    Streaming,
+}
+
+/// `[iterations]`: Algorithm 1's outer loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IterationConfig {
+    /// `subsets` (paper) or `streaming`.
+    pub mode: IterationMode,
+    /// T: number of disjoint subsets (paper: 15).
+    pub subsets: usize,
+    /// M: steps per iteration (paper: 10).
+    pub steps: usize,
+    /// N': pre-rollouts per prompt at the start of an iteration (paper: 4; 0 = none).
+    pub init_rollouts: usize,
+}
+
+impl Default for IterationConfig {
+    fn default() -> Self {
+        Self {
+            mode: IterationMode::Subsets,
+            subsets: 15,
+            steps: 10,
+            init_rollouts: 4,
+        }
+    }
+}
+
+/// One component of the synthetic accuracy distribution: Beta(alpha, beta), or a point mass
+/// at `value` when `value` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DifficultyComponent {
+    /// Relative weight of this component in the mixture.
+    pub weight: f64,
+    /// Beta shape α (ignored when `value` is set).
+    #[serde(default = "one")]
+    pub alpha: f64,
+    /// Beta shape β (ignored when `value` is set).
+    #[serde(default = "one")]
+    pub beta: f64,
+    /// Point mass: every prompt of this component has exactly this accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `[simulate]`: the synthetic pool of `cures simulate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulateConfig {
+    /// Number of synthetic prompts.
+    pub prompts: usize,
+    /// Total steps to simulate (default: iterations.subsets × iterations.steps).
+    pub steps: Option<usize>,
+    /// Mixture of true-accuracy distributions.
+    pub difficulty: Vec<DifficultyComponent>,
+    /// Learning drift: each completion in an informative (mixed-reward) group raises that
+    /// prompt's true logit by this much.
+    pub drift: f64,
+}
+
+impl Default for SimulateConfig {
+    fn default() -> Self {
+        Self {
+            prompts: 20_000,
+            steps: None,
+            // Typical of a math set for a mid-size model: many too-hard and too-easy prompts.
+            difficulty: vec![
+                DifficultyComponent {
+                    weight: 0.3,
+                    alpha: 1.0,
+                    beta: 1.0,
+                    value: Some(0.0),
+                },
+                DifficultyComponent {
+                    weight: 0.3,
+                    alpha: 1.0,
+                    beta: 1.0,
+                    value: Some(1.0),
+                },
+                DifficultyComponent {
+                    weight: 0.4,
+                    alpha: 0.7,
+                    beta: 0.7,
+                    value: None,
+                },
+            ],
+            drift: 0.002,
+        }
+    }
+}
+
+impl Config {
+    /// Read `path`, apply `overrides` (`key.path=value`), fill defaults and validate.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parse TOML text (`origin` names it in errors), apply overrides and validate.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        // Parse the file on its own first so schema errors point at its lines.
+        let parsed: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let config = if overrides.is_empty() {
+            parsed
+        } else {
+            let mut value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
+            for spec in overrides {
+                apply_override(&mut value, spec)?;
+            }
+            Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::Parse {
+                origin: format!("{origin} (after --set {})", overrides.join(" --set ")),
+                message: e.to_string(),
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The resolved config as TOML (defaults filled in), as `cures check` prints it.
+    pub fn to_toml(&self) -> String {
+        let mut resolved = self.clone();
+        resolved.curriculum.n_max = Some(self.curriculum.n_max_for(&self.batch));
+        toml::to_string_pretty(&resolved).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// Check every value and combination; the error names the key and the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.batch;
+        let c = &self.curriculum;
+        if b.prompts == 0 {
+            return Err(invalid("batch.prompts", "must be at least 1"));
+        }
+        if b.budget == 0 {
+            return Err(invalid("batch.budget", "must be at least 1"));
+        }
+        if !(c.tau.is_finite() && c.tau > 0.0) {
+            return Err(invalid(
+                "curriculum.tau",
+                format!("must be a positive number, got {}", c.tau),
+            ));
+        }
+        if c.tau < 1e-3 {
+            return Err(invalid(
+                "curriculum.tau",
+                format!(
+                    "{} is below 0.001: ρ would weigh p = 0.5 over p = 1/6 by more than e^{:.0} \
+                     (a point mass); use τ ≥ 0.001",
+                    c.tau,
+                    (0.5 - (5.0f64 / 36.0).sqrt()) / c.tau
+                ),
+            ));
+        }
+        let n_max = c.n_max_for(b);
+        if c.n_min == 0 && c.strategy == StrategyKind::Cures {
+            return Err(invalid(
+                "curriculum.n_min",
+                "must be at least 1 for the cures strategy (2 recommended: group-relative advantages need two rollouts)",
+            ));
+        }
+        if c.n_min.saturating_mul(b.prompts) > b.budget {
+            return Err(invalid(
+                "curriculum.n_min",
+                format!(
+                    "curriculum.n_min * batch.prompts ({}) exceeds batch.budget ({})",
+                    c.n_min.saturating_mul(b.prompts),
+                    b.budget
+                ),
+            ));
+        }
+        if n_max < c.n_min {
+            return Err(invalid(
+                "curriculum.n_max",
+                format!("n_max ({n_max}) is below curriculum.n_min ({})", c.n_min),
+            ));
+        }
+        if n_max.saturating_mul(b.prompts) < b.budget {
+            return Err(invalid(
+                "curriculum.n_max",
+                format!(
+                    "curriculum.n_max * batch.prompts ({}) is below batch.budget ({}): the budget cannot be spent",
+                    n_max.saturating_mul(b.prompts),
+                    b.budget
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("curriculum.prior_alpha", c.prior_alpha),
+            ("curriculum.prior_beta", c.prior_beta),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(key, format!("must be a positive number, got {v}")));
+            }
+        }
+        if !(c.forgetting > 0.0 && c.forgetting <= 1.0) {
+            return Err(invalid(
+                "curriculum.forgetting",
+                format!("λ must lie in (0, 1] (1 disables forgetting), got {}", c.forgetting),
+            ));
+        }
+        if !(c.gvm_a.is_finite() && c.gvm_a > 0.0) {
+            return Err(invalid("curriculum.gvm_a", "must be a positive number"));
+        }
+        if !c.gvm_b.is_finite() {
+            return Err(invalid("curriculum.gvm_b", "must be a finite number"));
+        }
+        let it = &self.iterations;
+        if it.subsets == 0 {
+            return Err(invalid("iterations.subsets", "must be at least 1"));
+        }
+        if it.steps == 0 {
+            return Err(invalid("iterations.steps", "must be at least 1"));
+        }
+        self.simulate.validate()?;
+        Ok(())
+    }
+
+    /// Checks that need the dataset size: every pool must be non-empty and, without
+    /// replacement, hold at least `batch.prompts` prompts.
+    pub fn validate_pool(&self, dataset_len: usize) -> Result<(), ConfigError> {
+        if dataset_len == 0 {
+            return Err(invalid("dataset", "is empty: no prompts to train on"));
+        }
+        let pool = match self.iterations.mode {
+            IterationMode::Streaming => dataset_len,
+            IterationMode::Subsets => {
+                if self.iterations.subsets > dataset_len {
+                    return Err(invalid(
+                        "iterations.subsets",
+                        format!(
+                            "{} subsets of a dataset of {dataset_len} prompts would leave some empty",
+                            self.iterations.subsets
+                        ),
+                    ));
+                }
+                dataset_len / self.iterations.subsets
+            }
+        };
+        if self.curriculum.sampling == Replacement::WithoutReplacement && pool < self.batch.prompts
+        {
+            return Err(invalid(
+                "batch.prompts",
+                format!(
+                    "{} prompts cannot be drawn without replacement from a pool of {pool} \
+                     (dataset {dataset_len} / iterations.subsets {})",
+                    self.batch.prompts,
+                    match self.iterations.mode {
+                        IterationMode::Streaming => 1,
+                        IterationMode::Subsets => self.iterations.subsets,
+                    }
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SimulateConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.prompts == 0 {
+            return Err(invalid(
+                "simulate.prompts",
+                "must be at least 1 (empty dataset)",
+            ));
+        }
+        if self.difficulty.is_empty() {
+            return Err(invalid(
+                "simulate.difficulty",
+                "needs at least one component",
+            ));
+        }
+        for (i, d) in self.difficulty.iter().enumerate() {
+            let key = |f: &str| format!("simulate.difficulty[{i}].{f}");
+            if !(d.weight.is_finite() && d.weight > 0.0) {
+                return Err(invalid(&key("weight"), "must be a positive number"));
+            }
+            match d.value {
+                Some(v) if !(0.0..=1.0).contains(&v) => {
+                    return Err(invalid(&key("value"), format!("{v} is not an accuracy in [0, 1]")))
+                }
+                Some(_) => {}
+                None => {
+                    for (f, v) in [("alpha", d.alpha), ("beta", d.beta)] {
+                        if !(v.is_finite() && v > 0.0) {
+                            return Err(invalid(&key(f), "must be a positive number"));
+                        }
+                    }
+                }
+            }
+        }
+        if !(self.drift.is_finite() && self.drift >= 0.0) {
+            return Err(invalid("simulate.drift", "must be ≥ 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Apply one `a.b.c=value` override to a TOML table. The value is parsed as a TOML value
+/// (`0.2`, `true`, `"text"`, `[1, 2]`) and taken as a plain string when that fails
+/// (`--set curriculum.strategy=grpo`).
+pub fn apply_override(root: &mut toml::Table, spec: &str) -> Result<(), ConfigError> {
+    let err = |reason: &str| ConfigError::Override {
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| err("expected key=value, e.g. curriculum.tau=0.2"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(|k| k.trim().is_empty()) {
+        return Err(err("empty key"));
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    let (last, parents) = parts.split_last().ok_or_else(|| err("empty key"))?;
+    let mut table = root;
+    for (depth, part) in parents.iter().enumerate() {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| {
+            err(&format!(
+                "`{}` is a value, not a section",
+                parts[..=depth].join(".")
+            ))
+        })?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::from_toml_str(text, "test.toml", &sets)
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = load("", &[]).expect("empty config is valid");
+        assert_eq!(c.batch.prompts, 1024);
+        assert_eq!(c.curriculum.n_max_for(&c.batch), 2048);
+    }
+
+    #[test]
+    fn budget_error_names_keys_and_numbers() {
+        let e = load(
+            "[batch]\nprompts = 1000\nbudget = 2048\n[curriculum]\nn_min = 3\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("curriculum.n_min * batch.prompts (3000) exceeds batch.budget (2048)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line() {
+        let e = load("[curriculum]\ntauu = 0.1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tauu") && e.contains("test.toml") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn tau_must_be_positive() {
+        for bad in ["0", "-0.1", "nan"] {
+            let e = load(&format!("[curriculum]\ntau = {bad}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("curriculum.tau"), "{e}");
+        }
+    }
+
+    #[test]
+    fn overrides_apply_and_are_validated() {
+        let c = load("", &["curriculum.tau=0.2", "curriculum.strategy=grpo", "seed=7"]).unwrap();
+        assert_eq!(c.curriculum.tau, 0.2);
+        assert_eq!(c.curriculum.strategy, StrategyKind::Grpo);
+        assert_eq!(c.seed, 7);
+        let e = load("", &["curriculum.strategy=nope"]).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("--set"), "{e}");
+        let e = load("", &["curriculum.tau"]).unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+        let e = load("", &["seed.x=1"]).unwrap_err().to_string();
+        assert!(e.contains("`seed` is a value"), "{e}");
+    }
+
+    #[test]
+    fn empty_pool_and_small_pool_are_rejected() {
+        let c = load("[curriculum]\nsampling = \"without_replacement\"\n", &[]).unwrap();
+        assert!(c.validate_pool(0).unwrap_err().to_string().contains("empty"));
+        let e = c.validate_pool(2000).unwrap_err().to_string();
+        assert!(e.starts_with("batch.prompts"), "{e}");
+        assert!(c.validate_pool(1024 * 15).is_ok());
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = load("name = \"x\"\n[batch]\nprompts = 8\nbudget = 64\n", &[]).unwrap();
+        let again = load(&c.to_toml(), &[]).unwrap();
+        assert_eq!(again.curriculum.n_max, Some(16));
+        assert_eq!(again.batch, c.batch);
+    }
+}

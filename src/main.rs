@@ -1,0 +1,181 @@
+//! The `cures` command line: argument parsing only; every subcommand calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use cures::config::{Config, StrategyKind};
+
+#[derive(Parser)]
+#[command(name = "cures", version, about = "Curriculum RL post-training for reasoning LLMs (CurES)")]
+struct Cli {
+    /// Override a config key, e.g. --set curriculum.tau=0.2 (repeatable; applies to every command).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config and print it resolved (defaults filled in).
+    Check {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a strategy against synthetic prompts with known accuracies.
+    Simulate(SimulateArgs),
+    /// Performance figures, each side by side with its reference.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// The TOML config (defaults when omitted).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Strategy (overrides curriculum.strategy).
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyKind>,
+    /// Steps (overrides simulate.steps).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Output directory (default results/sim/<name>-<strategy>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON summary object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// One curriculum step at scale vs the Python references.
+    Curriculum {
+        /// Pool size.
+        #[arg(long, default_value_t = 1_000_000)]
+        prompts: usize,
+        /// Prompts per step (m).
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        /// Completions per step (N).
+        #[arg(long, default_value_t = 8192)]
+        budget: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Skip the Python references.
+        #[arg(long)]
+        no_reference: bool,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(path: Option<&PathBuf>, set: &[String]) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p, set)?,
+        None => Config::from_toml_str("", "<defaults>", set)?,
+    })
+}
+
+fn simulate(args: SimulateArgs, set: &[String]) -> Result<()> {
+    let mut set = set.to_vec();
+    if let Some(s) = args.strategy {
+        set.push(format!("curriculum.strategy={s}"));
+    }
+    if let Some(n) = args.steps {
+        set.push(format!("simulate.steps={n}"));
+    }
+    let config = load_config(args.config.as_ref(), &set)?;
+    let steps = config
+        .simulate
+        .steps
+        .unwrap_or(config.iterations.subsets * config.iterations.steps) as u64;
+    let bar = cures::metrics::progress_bar(steps, "simulate", !args.quiet && !args.json);
+    let sim = cures::simulate::simulate(&config, |row| {
+        bar.inc(1);
+        bar.set_message(format!("wasted {:.3}", row.wasted_fraction));
+    })?;
+    bar.finish_and_clear();
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from("results/sim").join(format!(
+            "{}-{}",
+            config.name, config.curriculum.strategy
+        ))
+    });
+    cures::simulate::write_outputs(&sim, &config, &out)?;
+    let s = &sim.summary;
+    println!(
+        "strategy {}: {} steps, {} completions (+{} init), wasted fraction {:.4}, posterior MAE {:.4} (batch {:.4}), mean H(rho) {:.3}, true accuracy {:.4} -> {:.4}",
+        s.strategy, s.steps, s.completions, s.init_completions, s.wasted_fraction,
+        s.posterior_mae, s.batch_mae, s.rho_entropy, s.true_acc_start, s.true_acc_end
+    );
+    println!("wrote {}/{{sim_steps.csv,prompts.csv,summary.json}}", out.display());
+    if args.json {
+        println!("{}", serde_json::to_string(s)?);
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Check { config } => {
+            let c = Config::load(&config, &cli.set)?;
+            println!("# {} is valid; resolved configuration:", config.display());
+            print!("{}", c.to_toml());
+        }
+        Command::Simulate(args) => simulate(args, &cli.set)?,
+        Command::Bench(BenchCommand::Curriculum {
+            prompts,
+            batch,
+            budget,
+            steps,
+            no_reference,
+            json,
+        }) => {
+            let b = cures::bench::curriculum::CurriculumBench {
+                prompts,
+                batch,
+                budget,
+                steps,
+                reference: !no_reference,
+            };
+            let r = cures::bench::curriculum::run(&b).context("bench curriculum")?;
+            let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            println!("curriculum step ({} prompts, m = {}, N = {}):", prompts, batch, budget);
+            println!("  cures            {:>10.3} ms (p90 {:.3})", r.step_ms, r.step_p90_ms);
+            println!("  ref (a) loop     {:>10} ms   cures is {}x faster", fmt(r.ref_loop_ms), fmt(r.speedup_vs_loop));
+            println!("  ref (b) numpy    {:>10} ms   cures is {}x faster", fmt(r.ref_numpy_ms), fmt(r.speedup_vs_numpy));
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
