@@ -93,7 +93,7 @@ impl Default for BatchConfig {
 }
 
 /// Which method decides the batch and the rollout counts (cures-algorithm.md §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyKind {
     /// CurES: ρ ∝ exp(√(p̂(1−p̂))/τ), n_i ∝ σ_i.
@@ -101,6 +101,7 @@ pub enum StrategyKind {
     /// Uniform sampling, equal n per prompt.
     Grpo,
     /// Uniform over prompts whose observed accuracy is strictly between 0 and 1; equal n.
+    #[value(name = "speed_rl", alias = "speed-rl")]
     SpeedRl,
     /// Uniform sampling, n_i ∝ G_i/√(p_i + a/p_i^(b−1)), n_i = 0 when p_i = 0.
     Gvm,
@@ -454,7 +455,10 @@ impl Config {
         if !(c.forgetting > 0.0 && c.forgetting <= 1.0) {
             return Err(invalid(
                 "curriculum.forgetting",
-                format!("λ must lie in (0, 1] (1 disables forgetting), got {}", c.forgetting),
+                format!(
+                    "λ must lie in (0, 1] (1 disables forgetting), got {}",
+                    c.forgetting
+                ),
             ));
         }
         if !(c.gvm_a.is_finite() && c.gvm_a > 0.0) {
@@ -535,7 +539,10 @@ impl SimulateConfig {
             }
             match d.value {
                 Some(v) if !(0.0..=1.0).contains(&v) => {
-                    return Err(invalid(&key("value"), format!("{v} is not an accuracy in [0, 1]")))
+                    return Err(invalid(
+                        &key("value"),
+                        format!("{v} is not an accuracy in [0, 1]"),
+                    ))
                 }
                 Some(_) => {}
                 None => {
@@ -571,7 +578,9 @@ pub fn apply_override(root: &mut toml::Table, spec: &str) -> Result<(), ConfigEr
     }
     let raw = raw.trim();
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').map(str::trim).collect();
@@ -627,7 +636,10 @@ mod tests {
         let e = load("[curriculum]\ntauu = 0.1\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("tauu") && e.contains("test.toml") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("tauu") && e.contains("test.toml") && e.contains("line 2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -642,22 +654,32 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_are_validated() {
-        let c = load("", &["curriculum.tau=0.2", "curriculum.strategy=grpo", "seed=7"]).unwrap();
+        let c = load(
+            "",
+            &["curriculum.tau=0.2", "curriculum.strategy=grpo", "seed=7"],
+        )
+        .unwrap();
         assert_eq!(c.curriculum.tau, 0.2);
         assert_eq!(c.curriculum.strategy, StrategyKind::Grpo);
         assert_eq!(c.seed, 7);
-        let e = load("", &["curriculum.strategy=nope"]).unwrap_err().to_string();
+        let e = load("", &["curriculum.strategy=nope"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope") && e.contains("--set"), "{e}");
         let e = load("", &["curriculum.tau"]).unwrap_err().to_string();
         assert!(e.contains("key=value"), "{e}");
-        let e = load("", &["seed.x=1"]).unwrap_err().to_string();
+        let e = load("seed = 3\n", &["seed.x=1"]).unwrap_err().to_string();
         assert!(e.contains("`seed` is a value"), "{e}");
     }
 
     #[test]
     fn empty_pool_and_small_pool_are_rejected() {
         let c = load("[curriculum]\nsampling = \"without_replacement\"\n", &[]).unwrap();
-        assert!(c.validate_pool(0).unwrap_err().to_string().contains("empty"));
+        assert!(c
+            .validate_pool(0)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         let e = c.validate_pool(2000).unwrap_err().to_string();
         assert!(e.starts_with("batch.prompts"), "{e}");
         assert!(c.validate_pool(1024 * 15).is_ok());

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use cures::config::{Config, StrategyKind};
 
 #[derive(Parser)]
-#[command(name = "cures", version, about = "Curriculum RL post-training for reasoning LLMs (CurES)")]
+#[command(
+    name = "cures",
+    version,
+    about = "Curriculum RL post-training for reasoning LLMs (CurES)"
+)]
 struct Cli {
     /// Override a config key, e.g. --set curriculum.tau=0.2 (repeatable; applies to every command).
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
@@ -107,10 +111,7 @@ fn simulate(args: SimulateArgs, set: &[String]) -> Result<()> {
     })?;
     bar.finish_and_clear();
     let out = args.out.unwrap_or_else(|| {
-        PathBuf::from("results/sim").join(format!(
-            "{}-{}",
-            config.name, config.curriculum.strategy
-        ))
+        PathBuf::from("results/sim").join(format!("{}-{}", config.name, config.curriculum.strategy))
     });
     cures::simulate::write_outputs(&sim, &config, &out)?;
     let s = &sim.summary;
@@ -119,7 +120,10 @@ fn simulate(args: SimulateArgs, set: &[String]) -> Result<()> {
         s.strategy, s.steps, s.completions, s.init_completions, s.wasted_fraction,
         s.posterior_mae, s.batch_mae, s.rho_entropy, s.true_acc_start, s.true_acc_end
     );
-    println!("wrote {}/{{sim_steps.csv,prompts.csv,summary.json}}", out.display());
+    println!(
+        "wrote {}/{{sim_steps.csv,prompts.csv,summary.json}}",
+        out.display()
+    );
     if args.json {
         println!("{}", serde_json::to_string(s)?);
     }
@@ -151,10 +155,24 @@ fn run(cli: Cli) -> Result<()> {
             };
             let r = cures::bench::curriculum::run(&b).context("bench curriculum")?;
             let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.3}"));
-            println!("curriculum step ({} prompts, m = {}, N = {}):", prompts, batch, budget);
-            println!("  cures            {:>10.3} ms (p90 {:.3})", r.step_ms, r.step_p90_ms);
-            println!("  ref (a) loop     {:>10} ms   cures is {}x faster", fmt(r.ref_loop_ms), fmt(r.speedup_vs_loop));
-            println!("  ref (b) numpy    {:>10} ms   cures is {}x faster", fmt(r.ref_numpy_ms), fmt(r.speedup_vs_numpy));
+            println!(
+                "curriculum step ({} prompts, m = {}, N = {}):",
+                prompts, batch, budget
+            );
+            println!(
+                "  cures            {:>10.3} ms (p90 {:.3})",
+                r.step_ms, r.step_p90_ms
+            );
+            println!(
+                "  ref (a) loop     {:>10} ms   cures is {}x faster",
+                fmt(r.ref_loop_ms),
+                fmt(r.speedup_vs_loop)
+            );
+            println!(
+                "  ref (b) numpy    {:>10} ms   cures is {}x faster",
+                fmt(r.ref_numpy_ms),
+                fmt(r.speedup_vs_numpy)
+            );
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }

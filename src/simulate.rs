@@ -120,8 +120,7 @@ fn sample_accuracies(config: &Config, rng: &mut ChaCha8Rng) -> Result<Vec<f64>, 
         betas.push(match d.value {
             Some(_) => None,
             None => Some(
-                Beta::new(d.alpha, d.beta)
-                    .map_err(|e| format!("simulate.difficulty[{i}]: {e}"))?,
+                Beta::new(d.alpha, d.beta).map_err(|e| format!("simulate.difficulty[{i}]: {e}"))?,
             ),
         });
     }
@@ -168,10 +167,7 @@ fn drift_up(p: f64, amount: f64) -> f64 {
 
 /// Run the configured strategy for `simulate.steps` steps (default T·M). `on_step` is called
 /// after every step (progress reporting).
-pub fn simulate(
-    config: &Config,
-    mut on_step: impl FnMut(&SimStep),
-) -> anyhow::Result<Simulation> {
+pub fn simulate(config: &Config, mut on_step: impl FnMut(&SimStep)) -> anyhow::Result<Simulation> {
     let mut world_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x51_u64);
     let mut p_true = sample_accuracies(config, &mut world_rng).map_err(anyhow::Error::msg)?;
     let true_acc_start = p_true.iter().sum::<f64>() / p_true.len() as f64;
@@ -179,7 +175,8 @@ pub fn simulate(
     let total_steps = config
         .simulate
         .steps
-        .unwrap_or(config.iterations.subsets * config.iterations.steps) as u64;
+        .unwrap_or(config.iterations.subsets * config.iterations.steps)
+        as u64;
     let drift = config.simulate.drift;
     let mut rows = Vec::with_capacity(total_steps as usize);
     let mut cum = 0u64;
@@ -291,7 +288,11 @@ pub fn simulate(
 }
 
 /// Write `sim_steps.csv`, `prompts.csv` and `summary.json` into `dir` (created), atomically.
-pub fn write_outputs(sim: &Simulation, config: &Config, dir: &std::path::Path) -> anyhow::Result<()> {
+pub fn write_outputs(
+    sim: &Simulation,
+    config: &Config,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::metrics::write_csv_atomic(&dir.join("sim_steps.csv"), &sim.steps)?;

@@ -89,7 +89,11 @@ pub fn time_cures_step(b: &CurriculumBench) -> Result<Vec<f64>> {
     cur.observe_init(&init)?;
     let mut plan = cur.plan_step()?;
     let mut succ = outcomes(
-        &plan.groups.iter().map(|g| (g.prompt, g.n)).collect::<Vec<_>>(),
+        &plan
+            .groups
+            .iter()
+            .map(|g| (g.prompt, g.n))
+            .collect::<Vec<_>>(),
         &mut rng,
     );
     let warmup = (b.steps / 10).max(3);
@@ -104,7 +108,11 @@ pub fn time_cures_step(b: &CurriculumBench) -> Result<Vec<f64>> {
         }
         debug_assert_eq!(plan.completions(), b.budget as u64);
         succ = outcomes(
-            &plan.groups.iter().map(|g| (g.prompt, g.n)).collect::<Vec<_>>(),
+            &plan
+                .groups
+                .iter()
+                .map(|g| (g.prompt, g.n))
+                .collect::<Vec<_>>(),
             &mut rng,
         );
     }

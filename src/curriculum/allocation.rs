@@ -358,11 +358,17 @@ mod tests {
     fn infeasible_budgets_are_errors() {
         assert!(matches!(
             neyman_allocate(&[1.0; 4], &[2; 4], &[4; 4], 7),
-            Err(AllocationError::BudgetTooSmall { needed: 8, total: 7 })
+            Err(AllocationError::BudgetTooSmall {
+                needed: 8,
+                total: 7
+            })
         ));
         assert!(matches!(
             neyman_allocate(&[1.0; 4], &[2; 4], &[4; 4], 17),
-            Err(AllocationError::BudgetTooLarge { allowed: 16, total: 17 })
+            Err(AllocationError::BudgetTooLarge {
+                allowed: 16,
+                total: 17
+            })
         ));
         assert!(neyman_allocate(&[f64::NAN], &[1], &[2], 1).is_err());
     }
@@ -400,6 +406,7 @@ mod tests {
         assert_eq!(gvm_weight(0.0, 1.0, 1e-3, 2.0), 0.0);
         let w = |p| gvm_weight(p, 1.0, 1e-3, 2.0);
         assert!((w(0.5) - 1.0 / (0.5f64 + 0.002).sqrt()).abs() < 1e-12);
-        assert!(w(0.01) < w(0.1), "tiny p is penalised by a/p");
+        assert!(w(0.001) < w(0.1), "tiny p is penalised by a/p");
+        assert!(w(0.9) < w(0.1), "large p gets fewer rollouts");
     }
 }

@@ -364,12 +364,9 @@ impl Curriculum {
             }
         }
         let budget = self.config.batch.budget as u64;
-        let n = self.strategy.allocate(
-            &draws,
-            &self.state.posterior,
-            &self.state.grads,
-            budget,
-        )?;
+        let n = self
+            .strategy
+            .allocate(&draws, &self.state.posterior, &self.state.grads, budget)?;
         let groups = draws
             .iter()
             .zip(n)

@@ -199,7 +199,14 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_json() {
-        let mut p = Posterior::new(4, BetaPrior { alpha: 0.5, beta: 2.0 }, 0.9);
+        let mut p = Posterior::new(
+            4,
+            BetaPrior {
+                alpha: 0.5,
+                beta: 2.0,
+            },
+            0.9,
+        );
         p.observe(2, 1, 3);
         p.record_sample(2, 3);
         let json = serde_json::to_string(&p).unwrap();

@@ -291,7 +291,7 @@ impl PromptSampler {
             return Err(SampleError::EmptyPool);
         }
         let z = self.tree.total();
-        if !(z > 0.0) {
+        if z.is_nan() || z <= 0.0 {
             let n = self.pool.len() as u32;
             let mut out: Vec<u32> = (0..m).map(|_| rng.random_range(0..n)).collect();
             out.sort_unstable();
@@ -301,7 +301,10 @@ impl PromptSampler {
         // friendly) and puts duplicates next to each other; the multiset drawn is unchanged.
         let mut us: Vec<f64> = (0..m).map(|_| rng.random::<f64>() * z).collect();
         us.sort_unstable_by(f64::total_cmp);
-        Ok((us.into_iter().map(|u| self.tree.find(u) as u32).collect(), false))
+        Ok((
+            us.into_iter().map(|u| self.tree.find(u) as u32).collect(),
+            false,
+        ))
     }
 
     /// `m` successive draws without replacement (each from ρ renormalised over the prompts not
@@ -319,7 +322,7 @@ impl PromptSampler {
         let mut exhausted = false;
         for _ in 0..m {
             let z = self.tree.total();
-            if !(z > 0.0) {
+            if z.is_nan() || z <= 0.0 {
                 exhausted = true;
                 break;
             }

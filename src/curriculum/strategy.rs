@@ -135,7 +135,11 @@ impl Strategy {
             let k = d.multiplicity;
             weights.push(w * f64::from(k));
             let zero_ok = self.kind == StrategyKind::Gvm && w == 0.0;
-            lo.push(if zero_ok { 0 } else { self.n_min.saturating_mul(k) });
+            lo.push(if zero_ok {
+                0
+            } else {
+                self.n_min.saturating_mul(k)
+            });
             hi.push(self.n_max.saturating_mul(k));
         }
         neyman_allocate(&weights, &lo, &hi, budget)
@@ -150,6 +154,7 @@ mod tests {
     fn cfg(kind: StrategyKind) -> (CurriculumConfig, BatchConfig) {
         let c = CurriculumConfig {
             strategy: kind,
+            n_max: Some(16),
             ..Default::default()
         };
         let b = BatchConfig {
@@ -205,7 +210,9 @@ mod tests {
                 multiplicity: 1,
             },
         ];
-        let n = s.allocate(&d, &post, &GradientStats::default(), 32).unwrap();
+        let n = s
+            .allocate(&d, &post, &GradientStats::default(), 32)
+            .unwrap();
         assert_eq!(n.iter().sum::<u32>(), 32);
         assert!(n[0] > n[2] && n[2] > n[1], "{n:?}");
         assert!(n[0] >= 4, "merged group keeps 2·n_min");

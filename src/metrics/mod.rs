@@ -28,7 +28,8 @@ impl AtomicFile {
         let mut tmp_name = name.to_os_string();
         tmp_name.push(format!(".{}.tmp", std::process::id()));
         let tmp = target.with_file_name(tmp_name);
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         Ok(Self {
             target: target.to_path_buf(),
             tmp,
@@ -141,13 +142,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.csv");
         write_csv_atomic(&path, [Row { a: 1, b: 0.5 }, Row { a: 2, b: 1.5 }]).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a,b\n1,0.5\n2,1.5\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "a,b\n1,0.5\n2,1.5\n"
+        );
         // An abandoned write leaves the old file and no temporary behind.
         {
             let mut f = AtomicFile::create(&path).unwrap();
             f.write_all(b"garbage").unwrap();
         }
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a,b\n1,0.5\n2,1.5\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "a,b\n1,0.5\n2,1.5\n"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -1,0 +1,129 @@
+//! The `cures` binary: check, simulate and bench curriculum, including bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cures(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cures")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn last_json(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let last = out.lines().last().expect("some stdout");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?} is not JSON: {e}"))
+}
+
+#[test]
+fn every_shipped_config_checks() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let o = cures(&["check", "--config", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", path.display(), stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("[curriculum]"));
+        n += 1;
+    }
+    assert!(n >= 2, "expected example configs in configs/");
+}
+
+#[test]
+fn bad_configs_fail_with_the_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[curriculum]\ntau = 0\n", "curriculum.tau"),
+        ("[curriculum]\ntau = -1\n", "curriculum.tau"),
+        (
+            "[batch]\nprompts = 1000\nbudget = 2048\n[curriculum]\nn_min = 3\n",
+            "curriculum.n_min * batch.prompts (3000) exceeds batch.budget (2048)",
+        ),
+        ("[simulate]\nprompts = 0\n", "simulate.prompts"),
+        (
+            "[curriculum]\nstrategy = \"ppo\"\n",
+            "unknown variant `ppo`",
+        ),
+        ("[curriculum\n", "bad.toml"),
+        ("[curriculum]\nforgetting = 1.5\n", "curriculum.forgetting"),
+    ];
+    for (text, want) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let o = cures(&["check", "--config", path.to_str().unwrap()]);
+        assert!(!o.status.success(), "{text:?} was accepted");
+        assert!(stderr(&o).contains(want), "{text:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    let o = cures(&["check", "--config", "/nonexistent/x.toml"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/x.toml"), "{}", stderr(&o));
+    // --set errors, on any command.
+    let o = cures(&["simulate", "--set", "curriculum.tau=0", "--quiet"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("curriculum.tau"), "{}", stderr(&o));
+}
+
+#[test]
+fn simulate_json_and_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sim");
+    let o = cures(&[
+        "simulate",
+        "--config",
+        "configs/simulate.toml",
+        "--steps",
+        "6",
+        "--set",
+        "simulate.prompts=2000",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    for key in ["completions", "wasted_fraction", "posterior_mae"] {
+        assert!(j.get(key).is_some(), "missing {key} in {j}");
+    }
+    let steps = std::fs::read_to_string(out.join("sim_steps.csv")).unwrap();
+    let header = steps.lines().next().unwrap();
+    assert!(header.starts_with("step,iteration,distinct_prompts,completions,wasted_completions"));
+    assert_eq!(steps.lines().count(), 7);
+    let prompts = std::fs::read_to_string(out.join("prompts.csv")).unwrap();
+    assert!(prompts.starts_with("id,p_true,alpha,beta,p_hat,rho,times_sampled,last_n"));
+    assert_eq!(prompts.lines().count(), 2001);
+}
+
+#[test]
+fn bench_curriculum_json_reports_references_or_nulls() {
+    let o = cures(&[
+        "bench",
+        "curriculum",
+        "--prompts",
+        "20000",
+        "--batch",
+        "64",
+        "--budget",
+        "512",
+        "--steps",
+        "20",
+        "--no-reference",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    assert!(j["step_ms"].as_f64().unwrap() > 0.0);
+    assert!(j["ref_loop_ms"].is_null() && j["ref_numpy_ms"].is_null());
+    assert!(
+        stderr(&o).contains("not run"),
+        "a skipped reference must be stated"
+    );
+}
