@@ -10,4 +10,5 @@ pub mod bench;
 pub mod config;
 pub mod curriculum;
 pub mod metrics;
+pub mod policy;
 pub mod simulate;

@@ -1,0 +1,535 @@
+//! The policy model in tch: HF checkpoints in and out, batched generation with a KV cache,
+//! training log-probs, LoRA.
+//!
+//! # API (what the trainer and the embedded rollout engine code against)
+//!
+//! - [`Policy::load`]`(dir, device, kind)`: a Llama/Qwen2 HF directory (`config.json`,
+//!   `model.safetensors` or shards + `model.safetensors.index.json`, `tokenizer.json`,
+//!   `tokenizer_config.json`, `generation_config.json`). f32/bf16/f16 files; the parameters are
+//!   converted to `kind`. [`default_device`] picks CUDA when available.
+//! - [`Policy::from_config_random`]`(cfg, tokenizer, seed, device, kind)`: a fresh HF-initialised
+//!   model (normal(0, 0.02) linears/embeddings, unit norms, zero biases).
+//! - [`Policy::var_store`] (all base parameters, HF names), [`Policy::trainable_var_store`]
+//!   (the LoRA adapters when LoRA is on, else the base store) — build the optimiser on the
+//!   latter. [`Policy::tokenizer`], [`Policy::config`].
+//! - [`Policy::generate`]`(prompts, &SamplingParams) -> Vec<Generation>`: batched sampling under
+//!   `no_grad`, prompt-major order (prompt 0's n₀ samples, then prompt 1's ...). Each row has its
+//!   own ChaCha RNG seeded from (seed, prompt index, sample index), so results do not depend on
+//!   batching. `logprobs` are the model's raw log-probs (before temperature / top-k / top-p,
+//!   like vLLM's default). Stop tokens are included in `token_ids`; stop strings are cut from
+//!   `text` (not from `token_ids`).
+//! - [`Policy::logprobs`]`(&[(prompt, completion)], token_budget) -> Vec<SeqLogprobs>`:
+//!   per-token log π(completion | prompt) and entropy, 1-D tensors of completion length, with
+//!   grad when grad mode is on. Sequences are grouped into right-padded micro-batches of at
+//!   most `token_budget` padded tokens (a batch holds at least one sequence). For memory-bounded
+//!   training call it per micro-batch and `backward()` each (see [`Policy::micro_batches`]).
+//! - [`Policy::forward`]`(input_ids [B,T], attention_mask [B,T]) -> logits [B,T,V]` (any padding
+//!   side; positions come from the mask).
+//! - [`Policy::save_hf`]`(dir, kind, max_shard_bytes)`: atomic (tmp dir + rename) HF checkpoint
+//!   with LoRA merged in; [`Policy::enable_lora`], [`Policy::save_lora`] (PEFT layout),
+//!   [`Policy::load_lora`], [`Policy::merge_lora`].
+
+pub mod config;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+pub use config::{Arch, ModelConfig};
+pub use generate::{FinishReason, Generation, SamplingParams};
+pub use model::{causal_mask, positions_from_mask, KvCache, Transformer, WeightInit};
+pub use tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+
+/// CUDA when available, else CPU.
+pub fn default_device() -> Device {
+    Device::cuda_if_available()
+}
+
+/// Parse `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`.
+pub fn parse_kind(s: &str) -> Result<Kind> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "float" => Kind::Float,
+        "bf16" | "bfloat16" => Kind::BFloat16,
+        "f16" | "float16" | "half" => Kind::Half,
+        other => bail!("unknown dtype {other:?} (use f32, bf16 or f16)"),
+    })
+}
+
+/// LoRA settings (PEFT's `LoraConfig` subset; dropout is always 0).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoraConfig {
+    /// Rank r.
+    pub r: i64,
+    /// lora_alpha (scale = alpha / r).
+    pub alpha: f64,
+    /// Module names among q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj
+    /// (short forms q, k, v, o, gate, up, down are accepted).
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    fn normalised_targets(&self) -> Result<Vec<String>> {
+        const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+        let mut out = Vec::new();
+        for t in &self.target_modules {
+            let full = if t.ends_with("_proj") { t.clone() } else { format!("{t}_proj") };
+            if !ALL.contains(&full.as_str()) {
+                bail!("LoRA target module {t:?} is not one of {ALL:?}");
+            }
+            if !out.contains(&full) {
+                out.push(full);
+            }
+        }
+        if out.is_empty() {
+            bail!("LoRA needs at least one target module");
+        }
+        if self.r <= 0 {
+            bail!("LoRA rank r must be positive, got {}", self.r);
+        }
+        Ok(out)
+    }
+}
+
+struct LoraState {
+    vs: VarStore,
+    cfg: LoraConfig,
+    targets: Vec<String>,
+}
+
+/// Log-probs of one completion.
+#[derive(Debug)]
+pub struct SeqLogprobs {
+    /// log π(token_t | prefix), `[completion_len]`, f32.
+    pub logprobs: Tensor,
+    /// Entropy of the predictive distribution at each completion position, `[completion_len]`.
+    pub entropy: Tensor,
+}
+
+/// A policy: config, tokenizer, parameters (VarStore with HF names), optional LoRA adapters.
+pub struct Policy {
+    cfg: ModelConfig,
+    tok: Tokenizer,
+    vs: VarStore,
+    model: Transformer,
+    lora: Option<LoraState>,
+    device: Device,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("arch", &self.cfg.arch)
+            .field("params", &self.cfg.num_params())
+            .field("device", &self.device)
+            .field("kind", &self.kind)
+            .field("lora", &self.lora.as_ref().map(|l| &l.cfg))
+            .finish()
+    }
+}
+
+impl Policy {
+    /// Load an HF checkpoint directory onto `device` in `kind`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Policy> {
+        let cfg = ModelConfig::load(dir)?;
+        let pad = cfg.pad_token_id.as_ref().and_then(|p| p.to_vec().first().copied());
+        let tok = Tokenizer::load(dir, &cfg.eos_ids(), pad)?;
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
+        let model = Transformer::new(&vs.root(), &cfg, WeightInit::ForLoad);
+        let vars = vs.variables();
+        let mut filled: HashMap<String, bool> = vars.keys().map(|k| (k.clone(), false)).collect();
+        let files = weights::checkpoint_files(dir)?;
+        tch::no_grad(|| -> Result<()> {
+            for f in &files {
+                for (name, t) in weights::read_file(f)? {
+                    let Some(var) = vars.get(&name) else {
+                        if !(name == "lm_head.weight" && cfg.tie_word_embeddings) && !name.contains("rotary_emb") {
+                            tracing::warn!("{}: ignoring tensor {name} (not part of the model)", f.display());
+                        }
+                        continue;
+                    };
+                    if var.size() != t.size() {
+                        bail!(
+                            "{}: tensor {name} has shape {:?}, config.json implies {:?}",
+                            f.display(),
+                            t.size(),
+                            var.size()
+                        );
+                    }
+                    let mut var = var.shallow_clone();
+                    var.f_copy_(&t).with_context(|| format!("{}: copying tensor {name}", f.display()))?;
+                    filled.insert(name, true);
+                }
+            }
+            Ok(())
+        })?;
+        let mut missing: Vec<&String> = filled.iter().filter(|(_, v)| !**v).map(|(k, _)| k).collect();
+        missing.sort();
+        if !missing.is_empty() {
+            bail!("{}: checkpoint lacks tensors {:?}", dir.display(), missing);
+        }
+        Ok(Policy { cfg, tok, vs, model, lora: None, device, kind })
+    }
+
+    /// A fresh randomly initialised model (HF init, `initializer_range` from the config or 0.02).
+    pub fn from_config_random(
+        cfg: ModelConfig,
+        tokenizer: Tokenizer,
+        seed: u64,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Policy> {
+        let std = cfg.extra.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
+        tch::manual_seed(seed as i64);
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
+        let model = Transformer::new(&vs.root(), &cfg, WeightInit::Random { std });
+        Ok(Policy { cfg, tok: tokenizer, vs, model, lora: None, device, kind })
+    }
+
+    /// The model config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tok
+    }
+    /// The base parameters (HF names).
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+    /// The base parameters, mutable (e.g. `set_kind`, `freeze`).
+    pub fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+    /// What the optimiser should update: the LoRA adapters when enabled, else the base store.
+    pub fn trainable_var_store(&self) -> &VarStore {
+        self.lora.as_ref().map_or(&self.vs, |l| &l.vs)
+    }
+    /// The model (blocks, linears) for inspection.
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+    /// Device of the parameters.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    /// Kind of the parameters.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Cast every parameter (and LoRA adapter) to `kind`.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+        if let Some(l) = &mut self.lora {
+            l.vs.set_kind(kind);
+        }
+        self.model.set_kind(kind);
+        self.kind = kind;
+    }
+
+    /// Logits `[B, T, V]` for `input_ids` `[B, T]` with a 0/1 `attention_mask` `[B, T]` (any
+    /// padding side; positions are `cumsum(mask) - 1`). Tracks gradients when grad mode is on.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let h = self.forward_hidden(input_ids, attention_mask);
+        self.model.logits(&h)
+    }
+
+    /// Final hidden states `[B, T, H]` (see [`Policy::forward`]).
+    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let ids = input_ids.to_device(self.device);
+        let m = attention_mask.to_device(self.device);
+        let pos = positions_from_mask(&m);
+        let mask = causal_mask(&m);
+        self.model.forward_hidden(&ids, &pos, &mask, None)
+    }
+
+    /// Indices of `seqs` grouped into micro-batches of at most `token_budget` padded tokens
+    /// (sorted by length so padding is small; every group has at least one sequence).
+    pub fn micro_batches(seqs: &[(Vec<i64>, Vec<i64>)], token_budget: usize) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].0.len() + seqs[i].1.len()));
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut cur: Vec<usize> = Vec::new();
+        let mut cur_max = 0usize;
+        for i in order {
+            let len = seqs[i].0.len() + seqs[i].1.len();
+            let new_max = cur_max.max(len);
+            if !cur.is_empty() && new_max * (cur.len() + 1) > token_budget {
+                groups.push(std::mem::take(&mut cur));
+                cur_max = len;
+            } else {
+                cur_max = new_max;
+            }
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            groups.push(cur);
+        }
+        groups
+    }
+
+    /// Per-token log-probs and entropies of each completion given its prompt (see the module
+    /// docs). Results are in input order.
+    pub fn logprobs(&self, seqs: &[(Vec<i64>, Vec<i64>)], token_budget: usize) -> Result<Vec<SeqLogprobs>> {
+        for (i, (p, _)) in seqs.iter().enumerate() {
+            if p.is_empty() {
+                bail!("logprobs: sequence {i} has an empty prompt (the first completion token needs context)");
+            }
+        }
+        let mut out: Vec<Option<SeqLogprobs>> = (0..seqs.len()).map(|_| None).collect();
+        for group in Self::micro_batches(seqs, token_budget) {
+            let batch: Vec<&(Vec<i64>, Vec<i64>)> = group.iter().map(|&i| &seqs[i]).collect();
+            let res = self.logprobs_batch(&batch)?;
+            for (i, r) in group.into_iter().zip(res) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| r.with_context(|| format!("logprobs: sequence {i} was not computed")))
+            .collect()
+    }
+
+    /// One right-padded batch: log-probs and entropies for every sequence in it.
+    pub fn logprobs_batch(&self, batch: &[&(Vec<i64>, Vec<i64>)]) -> Result<Vec<SeqLogprobs>> {
+        let b = batch.len();
+        let l = batch.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
+        let pad = self.tok.pad_id().unwrap_or(0);
+        let mut ids = vec![pad; b * l];
+        let mut mask = vec![0i64; b * l];
+        let mut gather_pos = Vec::new();
+        let mut targets = Vec::new();
+        for (r, (p, c)) in batch.iter().enumerate() {
+            for (j, &t) in p.iter().chain(c.iter()).enumerate() {
+                if t < 0 || t >= self.cfg.vocab_size {
+                    bail!("logprobs: token id {t} outside the vocabulary (size {})", self.cfg.vocab_size);
+                }
+                ids[r * l + j] = t;
+                mask[r * l + j] = 1;
+            }
+            for (k, &t) in c.iter().enumerate() {
+                gather_pos.push((r * l + p.len() + k - 1) as i64);
+                targets.push(t);
+            }
+        }
+        let ids = Tensor::from_slice(&ids).view([b as i64, l as i64]).to_device(self.device);
+        let mask = Tensor::from_slice(&mask).view([b as i64, l as i64]).to_device(self.device);
+        let hidden = self.forward_hidden(&ids, &mask);
+        let h = hidden.reshape([(b * l) as i64, self.cfg.hidden_size]);
+        let idx = Tensor::from_slice(&gather_pos).to_device(self.device);
+        let tg = Tensor::from_slice(&targets).to_device(self.device);
+        let logits = self.model.logits(&h.index_select(0, &idx)).to_kind(Kind::Float);
+        let logp = logits.log_softmax(-1, Kind::Float);
+        let tok_lp = logp.gather(1, &tg.unsqueeze(1), false).squeeze_dim(1);
+        let ent = -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float);
+        let mut out = Vec::with_capacity(b);
+        let mut off = 0i64;
+        for (_, c) in batch {
+            let n = c.len() as i64;
+            out.push(SeqLogprobs { logprobs: tok_lp.narrow(0, off, n), entropy: ent.narrow(0, off, n) });
+            off += n;
+        }
+        Ok(out)
+    }
+
+    /// Generate completions (see [`generate`]).
+    pub fn generate(&self, prompts: &[Vec<i64>], params: &SamplingParams) -> Result<Vec<Generation>> {
+        generate::generate(self, prompts, params)
+    }
+
+    /// Generate `n` completions of one text prompt (chat-templated when `chat`).
+    pub fn generate_text(&self, prompt: &str, chat: bool, params: &SamplingParams) -> Result<Vec<Generation>> {
+        let ids = if chat {
+            self.tok.encode_chat(&[ChatMessage::new("user", prompt)], true)?
+        } else {
+            self.tok.encode(prompt, true)?
+        };
+        self.generate(&[ids], params)
+    }
+
+    /// Write an HF checkpoint (LoRA merged in) into the fresh directory `dir`: tensors in layer
+    /// order as `kind`, shards of at most `max_shard_bytes` (+ index when several),
+    /// `config.json`, tokenizer and generation files. Written to a temporary sibling directory
+    /// and renamed, so readers never see a partial checkpoint.
+    pub fn save_hf(&self, dir: &Path, kind: Kind, max_shard_bytes: usize) -> Result<()> {
+        let tmp = weights::tmp_dir_for(dir)?;
+        let res = (|| -> Result<()> {
+            let tensors = tch::no_grad(|| self.model.named_tensors(true));
+            weights::write_sharded(&tmp, tensors, kind, max_shard_bytes)?;
+            let cfg = tmp.join("config.json");
+            std::fs::write(&cfg, self.cfg.to_json(weights::torch_dtype_name(kind))?)
+                .with_context(|| format!("writing {}", cfg.display()))?;
+            self.tok.save(&tmp)?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!("saving checkpoint to {}", dir.display())));
+        }
+        weights::commit_dir(&tmp, dir)
+    }
+
+    /// Add LoRA adapters (A ~ kaiming-uniform as PEFT, B = 0, so the model is unchanged) on
+    /// `cfg.target_modules` of every layer and freeze the base parameters.
+    pub fn enable_lora(&mut self, cfg: LoraConfig, seed: u64) -> Result<()> {
+        if self.lora.is_some() {
+            bail!("LoRA is already enabled (merge_lora first)");
+        }
+        let targets = cfg.normalised_targets()?;
+        tch::manual_seed(seed as i64);
+        let mut lvs = VarStore::new(self.device);
+        lvs.set_kind(self.kind);
+        let root = lvs.root() / "base_model" / "model" / "model" / "layers";
+        let scale = cfg.alpha / cfg.r as f64;
+        for i in 0..self.model.layers.len() {
+            for (name, lin) in self.model.layer_linears_mut(i) {
+                if !targets.iter().any(|t| t == name) {
+                    continue;
+                }
+                let group = if matches!(name, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+                let p = &root / i / group / name;
+                let (out_dim, in_dim) = (lin.weight.size()[0], lin.weight.size()[1]);
+                // PEFT: kaiming_uniform_(a = sqrt(5)) → bound = 1 / sqrt(in).
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a = (&p / "lora_A").var("weight", &[cfg.r, in_dim], tch::nn::Init::Uniform { lo: -bound, up: bound });
+                let b = (&p / "lora_B").var("weight", &[out_dim, cfg.r], tch::nn::Init::Const(0.));
+                lin.lora = Some(model::LoraAdapter { a, b, scale });
+            }
+        }
+        self.vs.freeze();
+        self.lora = Some(LoraState { vs: lvs, cfg, targets });
+        Ok(())
+    }
+
+    /// The LoRA config, when enabled.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|l| &l.cfg)
+    }
+
+    /// Save the adapters in PEFT layout into the fresh directory `dir` (atomic):
+    /// `adapter_config.json` + `adapter_model.safetensors`
+    /// (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, ...).
+    pub fn save_lora(&self, dir: &Path, kind: Kind) -> Result<()> {
+        let l = self.lora.as_ref().context("save_lora: LoRA is not enabled")?;
+        let tmp = weights::tmp_dir_for(dir)?;
+        let res = (|| -> Result<()> {
+            let mut vars: Vec<(String, Tensor)> = l
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.detach().to_kind(kind)))
+                .collect();
+            vars.sort_by_key(|(k, _)| lora_sort_key(k));
+            weights::write_file(&tmp.join("adapter_model.safetensors"), &vars)?;
+            let acfg = serde_json::json!({
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": self.cfg.extra.get("_name_or_path").cloned().unwrap_or(serde_json::Value::Null),
+                "r": l.cfg.r,
+                "lora_alpha": l.cfg.alpha,
+                "lora_dropout": 0.0,
+                "target_modules": l.targets,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+                "init_lora_weights": true,
+                "use_rslora": false,
+                "use_dora": false,
+                "modules_to_save": null,
+                "layers_to_transform": null,
+                "rank_pattern": {},
+                "alpha_pattern": {},
+            });
+            let p = tmp.join("adapter_config.json");
+            std::fs::write(&p, serde_json::to_string_pretty(&acfg)?)
+                .with_context(|| format!("writing {}", p.display()))?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!("saving LoRA adapter to {}", dir.display())));
+        }
+        weights::commit_dir(&tmp, dir)
+    }
+
+    /// Enable LoRA from a PEFT directory (`adapter_config.json` + `adapter_model.safetensors`).
+    pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
+        let p = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+        let r = v.get("r").and_then(|x| x.as_i64()).with_context(|| format!("{}: no integer `r`", p.display()))?;
+        let alpha = v
+            .get("lora_alpha")
+            .and_then(|x| x.as_f64())
+            .with_context(|| format!("{}: no number `lora_alpha`", p.display()))?;
+        let target_modules: Vec<String> = v
+            .get("target_modules")
+            .and_then(|x| serde_json::from_value(x.clone()).ok())
+            .with_context(|| format!("{}: `target_modules` must be a list of names", p.display()))?;
+        self.enable_lora(LoraConfig { r, alpha, target_modules }, 0)?;
+        let f = dir.join("adapter_model.safetensors");
+        let vars = self.trainable_var_store().variables();
+        let mut seen = 0usize;
+        tch::no_grad(|| -> Result<()> {
+            for (name, t) in weights::read_file(&f)? {
+                let key = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.");
+                let var = vars
+                    .get(&key)
+                    .with_context(|| format!("{}: unexpected tensor {name}", f.display()))?;
+                if var.size() != t.size() {
+                    bail!("{}: tensor {name} has shape {:?}, expected {:?}", f.display(), t.size(), var.size());
+                }
+                var.shallow_clone().f_copy_(&t).with_context(|| format!("{}: tensor {name}", f.display()))?;
+                seen += 1;
+            }
+            Ok(())
+        })?;
+        if seen != vars.len() {
+            bail!("{}: has {seen} adapter tensors, adapter_config.json implies {}", f.display(), vars.len());
+        }
+        Ok(())
+    }
+
+    /// Fold the adapters into the base weights (`W += alpha/r · B A`) and remove them. Base
+    /// parameters stay frozen; call `var_store_mut().unfreeze()` for full fine-tuning.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        if self.lora.is_none() {
+            bail!("merge_lora: LoRA is not enabled");
+        }
+        tch::no_grad(|| {
+            for i in 0..self.model.layers.len() {
+                for (_, lin) in self.model.layer_linears_mut(i) {
+                    if lin.lora.is_some() {
+                        let merged = lin.merged_weight();
+                        lin.weight.copy_(&merged);
+                        lin.lora = None;
+                    }
+                }
+            }
+        });
+        self.lora = None;
+        Ok(())
+    }
+}
+
+fn lora_sort_key(name: &str) -> (usize, usize, String) {
+    // base_model.model.model.layers.N.<group>.<module>.lora_X.weight → (N, module order, name)
+    let parts: Vec<&str> = name.split('.').collect();
+    let layer = parts.get(4).and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+    let order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let m = parts.get(6).and_then(|m| order.iter().position(|o| o == m)).unwrap_or(order.len());
+    (layer, m, name.to_string())
+}
