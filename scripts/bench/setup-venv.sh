@@ -9,6 +9,14 @@ PY="${PYTHON:-python3}"
 # Packages the references need (one per line: requirement spec).
 REQS=(
   "numpy>=1.26"
+  # policy parity fixtures, train-step reference, SmolLM2 conversion (scripts/make-tiny-models.py,
+  # scripts/bench/train_step_ref.py, scripts/fetch-smollm2.sh); torch==2.11.0 matches libtorch.
+  "torch==2.11.0"
+  "transformers>=4.51"
+  "tokenizers"
+  "safetensors"
+  "peft"
+  "gguf"
 )
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "setup-venv: creating $VENV" >&2

@@ -107,8 +107,8 @@ pub struct ModelConfig {
     /// Pad id.
     #[serde(default)]
     pub pad_token_id: Option<TokenIds>,
-    /// `torch_dtype` / `dtype` as written.
-    #[serde(default, alias = "dtype")]
+    /// `torch_dtype` as written (transformers ≥ 5 writes `dtype`, kept in `extra`).
+    #[serde(default)]
     pub torch_dtype: Option<String>,
     /// Every other field, round-tripped on save.
     #[serde(flatten)]
@@ -153,6 +153,17 @@ impl ModelConfig {
                 c.architectures
             ),
         };
+        // transformers ≥ 5 writes `rope_parameters {rope_type, rope_theta}` (and may omit
+        // `rope_theta`).
+        if let Some(rp) = c.extra.get("rope_parameters").and_then(|v| v.as_object()) {
+            match rp.get("rope_type").and_then(|t| t.as_str()) {
+                None | Some("default") => {}
+                Some(t) => bail!("{origin}: rope_parameters.rope_type {t:?} is not supported (only default)"),
+            }
+            if let Some(th) = rp.get("rope_theta").and_then(|t| t.as_f64()) {
+                c.rope_theta = th;
+            }
+        }
         c.validate(origin)?;
         Ok(c)
     }
@@ -277,6 +288,7 @@ impl ModelConfig {
             m.insert("head_dim".into(), self.head_dim().into());
             m.retain(|_, v| !v.is_null());
             m.insert("rope_scaling".into(), serde_json::Value::Null);
+            m.insert("dtype".into(), dtype.into());
         }
         Ok(serde_json::to_string_pretty(&v)?)
     }

@@ -29,6 +29,7 @@
 //!   with LoRA merged in; [`Policy::enable_lora`], [`Policy::save_lora`] (PEFT layout),
 //!   [`Policy::load_lora`], [`Policy::merge_lora`].
 
+pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod model;
