@@ -11,4 +11,5 @@ pub mod config;
 pub mod curriculum;
 pub mod metrics;
 pub mod policy;
+pub mod reward;
 pub mod simulate;
