@@ -35,6 +35,8 @@ enum Command {
     /// Performance figures, each side by side with its reference.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Sample completions from an HF model directory (tch policy).
+    Generate(cures::policy::cli::GenerateArgs),
 }
 
 #[derive(Args)]
@@ -78,6 +80,39 @@ enum BenchCommand {
         /// Skip the Python references.
         #[arg(long)]
         no_reference: bool,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forward+backward tokens/s of a ~28M Llama: cures (tch) vs PyTorch eager.
+    TrainStep {
+        /// Sequences per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_reference: bool,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Greedy generation tokens/s with the KV cache vs recomputing the prefix.
+    Generate {
+        /// Rows decoded together.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Prompt tokens.
+        #[arg(long, default_value_t = 32)]
+        prompt_tokens: usize,
+        /// New tokens.
+        #[arg(long, default_value_t = 256)]
+        new_tokens: usize,
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
@@ -138,6 +173,57 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", c.to_toml());
         }
         Command::Simulate(args) => simulate(args, &cli.set)?,
+        Command::Generate(args) => cures::policy::cli::generate(&args)?,
+        Command::Bench(BenchCommand::TrainStep {
+            batch,
+            seq,
+            steps,
+            no_reference,
+            json,
+        }) => {
+            let b = cures::bench::train_step::TrainStepBench {
+                batch,
+                seq,
+                steps,
+                reference: !no_reference,
+            };
+            let r = cures::bench::train_step::run_train_step(&b).context("bench train-step")?;
+            let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.1}"));
+            println!(
+                "train step ({} params, batch {batch} x {seq} tokens, {} threads):",
+                r.params, r.threads
+            );
+            println!(
+                "  cures    {:>10.1} tokens/s ({:.1} ms/step)",
+                r.cures_tokens_per_s, r.cures_step_ms
+            );
+            println!(
+                "  pytorch  {:>10} tokens/s   ratio {}",
+                fmt(r.pytorch_tokens_per_s),
+                r.ratio.map_or("n/a".into(), |v| format!("{v:.3}"))
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench(BenchCommand::Generate {
+            batch,
+            prompt_tokens,
+            new_tokens,
+            json,
+        }) => {
+            let r = cures::bench::train_step::run_generate(batch, prompt_tokens, new_tokens)
+                .context("bench generate")?;
+            println!("greedy generation ({} params, {batch} rows, {prompt_tokens} prompt + {new_tokens} new tokens):", r.params);
+            println!("  kv cache   {:>10.1} tokens/s", r.kv_cache_tokens_per_s);
+            println!(
+                "  recompute  {:>10.1} tokens/s   speedup {:.2}x (same tokens: {})",
+                r.recompute_tokens_per_s, r.speedup, r.same_tokens
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
         Command::Bench(BenchCommand::Curriculum {
             prompts,
             batch,

@@ -7,7 +7,9 @@ use cures::policy::{LoraConfig, Policy, SamplingParams};
 use tch::{Device, Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/policy")
+        .join(name)
 }
 
 struct Reference {
@@ -21,7 +23,8 @@ struct Reference {
 impl Reference {
     fn load(dir: &Path) -> Reference {
         let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
         let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(meta[k].clone()).unwrap() };
         Reference {
             prompts: ids("prompts"),
@@ -32,12 +35,20 @@ impl Reference {
         }
     }
     fn get(&self, name: &str) -> Tensor {
-        self.tensors.iter().find(|(n, _)| n == name).unwrap().1.shallow_clone()
+        self.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .shallow_clone()
     }
 }
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    let d = (got.to_kind(Kind::Float) - want).abs().max().double_value(&[]);
+    let d = (got.to_kind(Kind::Float) - want)
+        .abs()
+        .max()
+        .double_value(&[]);
     d / want.abs().max().double_value(&[]).max(1e-12)
 }
 
@@ -69,7 +80,11 @@ fn tokenizer_matches_transformers() {
         let p = Policy::load(&dir, Device::Cpu, Kind::Float).unwrap();
         let r = Reference::load(&dir);
         for (text, ids) in r.prompt_texts.iter().zip(&r.prompts) {
-            assert_eq!(&p.tokenizer().encode(text, false).unwrap(), ids, "{m}: {text:?}");
+            assert_eq!(
+                &p.tokenizer().encode(text, false).unwrap(),
+                ids,
+                "{m}: {text:?}"
+            );
             assert_eq!(&p.tokenizer().decode(ids, false).unwrap(), text);
         }
         assert_eq!(p.tokenizer().eos_ids(), &[2]);
@@ -117,17 +132,27 @@ fn logprobs_and_entropy_match_and_have_gradients() {
         let dir = fixture(m);
         let p = Policy::load(&dir, Device::Cpu, Kind::Float).unwrap();
         let r = Reference::load(&dir);
-        let seqs: Vec<(Vec<i64>, Vec<i64>)> =
-            r.prompts.iter().cloned().zip(r.completions.iter().cloned()).collect();
+        let seqs: Vec<(Vec<i64>, Vec<i64>)> = r
+            .prompts
+            .iter()
+            .cloned()
+            .zip(r.completions.iter().cloned())
+            .collect();
         // A small budget forces several micro-batches.
         for budget in [40, 10_000] {
             let out = p.logprobs(&seqs, budget).unwrap();
             for (i, o) in out.iter().enumerate() {
                 let e1 = rel_err(&o.logprobs, &r.get(&format!("completion_logprobs_{i}")));
                 let e2 = rel_err(&o.entropy, &r.get(&format!("completion_entropy_{i}")));
-                assert!(e1 <= 1e-4 && e2 <= 1e-4, "{m} seq {i} budget {budget}: {e1} {e2}");
+                assert!(
+                    e1 <= 1e-4 && e2 <= 1e-4,
+                    "{m} seq {i} budget {budget}: {e1} {e2}"
+                );
             }
-            let loss = out.iter().map(|o| o.logprobs.sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+            let loss = out
+                .iter()
+                .map(|o| o.logprobs.sum(Kind::Float))
+                .fold(Tensor::from(0f32), |a, b| a + b);
             loss.backward();
             let grads: f64 = p
                 .trainable_var_store()
@@ -149,20 +174,30 @@ fn batched_greedy_generation_matches_transformers() {
         let dir = fixture(m);
         let p = Policy::load(&dir, Device::Cpu, Kind::Float).unwrap();
         let r = Reference::load(&dir);
-        let params = SamplingParams { temperature: 0.0, max_tokens: 24, n: 1, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens: 24,
+            n: 1,
+            ..Default::default()
+        };
         let gens = p.generate(&r.prompts, &params).unwrap();
         for (g, want) in gens.iter().zip(&r.greedy) {
             assert_eq!(&g.token_ids, want, "{m} prompt {}", g.prompt_index);
             assert_eq!(g.logprobs.len(), g.token_ids.len());
         }
         // Logprobs reported by generation agree with the training path.
-        let seqs: Vec<(Vec<i64>, Vec<i64>)> =
-            gens.iter().map(|g| (r.prompts[g.prompt_index].clone(), g.token_ids.clone())).collect();
+        let seqs: Vec<(Vec<i64>, Vec<i64>)> = gens
+            .iter()
+            .map(|g| (r.prompts[g.prompt_index].clone(), g.token_ids.clone()))
+            .collect();
         let lp = tch::no_grad(|| p.logprobs(&seqs, 4096).unwrap());
         for (g, l) in gens.iter().zip(&lp) {
             let v: Vec<f32> = Vec::try_from(&l.logprobs).unwrap();
             for (a, b) in g.logprobs.iter().zip(&v) {
-                assert!((a - b).abs() < 1e-4, "{m}: generate logprob {a} vs logprobs {b}");
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{m}: generate logprob {a} vs logprobs {b}"
+                );
             }
         }
     }
@@ -182,13 +217,26 @@ fn sampling_is_deterministic_and_independent_of_batching() {
         ..Default::default()
     };
     let a = p.generate(&r.prompts, &params).unwrap();
-    let b = p.generate(&r.prompts, &SamplingParams { max_batch: 2, ..params.clone() }).unwrap();
+    let b = p
+        .generate(
+            &r.prompts,
+            &SamplingParams {
+                max_batch: 2,
+                ..params.clone()
+            },
+        )
+        .unwrap();
     assert_eq!(a.len(), 8);
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!((x.prompt_index, x.sample_index), (y.prompt_index, y.sample_index));
+        assert_eq!(
+            (x.prompt_index, x.sample_index),
+            (y.prompt_index, y.sample_index)
+        );
         assert_eq!(x.token_ids, y.token_ids);
     }
-    let c = p.generate(&r.prompts, &SamplingParams { seed: 12, ..params }).unwrap();
+    let c = p
+        .generate(&r.prompts, &SamplingParams { seed: 12, ..params })
+        .unwrap();
     assert!(a.iter().zip(&c).any(|(x, y)| x.token_ids != y.token_ids));
 }
 
@@ -202,15 +250,28 @@ fn save_hf_roundtrip_sharded_and_atomic() {
         p.save_hf(&out, Kind::Float, 100_000).unwrap();
         assert!(out.join("model.safetensors.index.json").exists());
         assert!(out.join("tokenizer.json").exists() && out.join("config.json").exists());
-        assert!(p.save_hf(&out, Kind::Float, 100_000).is_err(), "existing dir must be refused");
+        assert!(
+            p.save_hf(&out, Kind::Float, 100_000).is_err(),
+            "existing dir must be refused"
+        );
         let q = Policy::load(&out, Device::Cpu, Kind::Float).unwrap();
         for (i, ids) in r.prompts.iter().enumerate() {
             let e = rel_err(&logits_one(&q, ids), &r.get(&format!("logits_{i}")));
             assert!(e <= 1e-4, "{m} reloaded prompt {i}: {e}");
         }
         // bf16 export loads too.
-        p.save_hf(&tmp.path().join(format!("{m}-bf16")), Kind::BFloat16, usize::MAX).unwrap();
-        let q = Policy::load(&tmp.path().join(format!("{m}-bf16")), Device::Cpu, Kind::BFloat16).unwrap();
+        p.save_hf(
+            &tmp.path().join(format!("{m}-bf16")),
+            Kind::BFloat16,
+            usize::MAX,
+        )
+        .unwrap();
+        let q = Policy::load(
+            &tmp.path().join(format!("{m}-bf16")),
+            Device::Cpu,
+            Kind::BFloat16,
+        )
+        .unwrap();
         assert_eq!(q.kind(), Kind::BFloat16);
         let l = logits_one(&q, &r.prompts[0]);
         assert!(rel_err(&l, &r.get("logits_0")) < 0.1);
@@ -240,36 +301,61 @@ fn lora_save_load_merge() {
     let dir = fixture("tiny-qwen2");
     let r = Reference::load(&dir);
     let mut p = Policy::load(&dir, Device::Cpu, Kind::Float).unwrap();
-    let cfg = LoraConfig { r: 4, alpha: 8.0, target_modules: vec!["q".into(), "v_proj".into(), "down".into()] };
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        target_modules: vec!["q".into(), "v_proj".into(), "down".into()],
+    };
     p.enable_lora(cfg, 3).unwrap();
     // B = 0: unchanged model.
     let e = rel_err(&logits_one(&p, &r.prompts[0]), &r.get("logits_0"));
     assert!(e <= 1e-5, "{e}");
     let trainable = p.trainable_var_store().trainable_variables();
-    assert_eq!(trainable.len(), 2 * 3 * 2, "A and B for 3 modules x 2 layers");
-    assert!(p.var_store().trainable_variables().iter().all(|v| !v.requires_grad()));
+    assert_eq!(
+        trainable.len(),
+        2 * 3 * 2,
+        "A and B for 3 modules x 2 layers"
+    );
+    assert!(p
+        .var_store()
+        .trainable_variables()
+        .iter()
+        .all(|v| !v.requires_grad()));
     perturb_lora(&p, 5);
     let with_lora = logits_one(&p, &r.prompts[1]);
-    assert!(rel_err(&with_lora, &r.get("logits_1")) > 1e-3, "adapters must change the output");
+    assert!(
+        rel_err(&with_lora, &r.get("logits_1")) > 1e-3,
+        "adapters must change the output"
+    );
     // Gradients reach only the adapters.
     let seqs = vec![(r.prompts[1].clone(), r.completions[1].clone())];
     let out = p.logprobs(&seqs, 1000).unwrap();
     out[0].logprobs.sum(Kind::Float).backward();
-    assert!(p.trainable_var_store().trainable_variables().iter().all(|v| v.grad().defined()));
-    p.save_lora(&tmp.path().join("adapter"), Kind::Float).unwrap();
-    let names: Vec<String> = Tensor::read_safetensors(tmp.path().join("adapter/adapter_model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    assert!(names.contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
-    assert!(names.contains(&"base_model.model.model.layers.1.mlp.down_proj.lora_B.weight".to_string()));
+    assert!(p
+        .trainable_var_store()
+        .trainable_variables()
+        .iter()
+        .all(|v| v.grad().defined()));
+    p.save_lora(&tmp.path().join("adapter"), Kind::Float)
+        .unwrap();
+    let names: Vec<String> =
+        Tensor::read_safetensors(tmp.path().join("adapter/adapter_model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+    assert!(names
+        .contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
+    assert!(
+        names.contains(&"base_model.model.model.layers.1.mlp.down_proj.lora_B.weight".to_string())
+    );
     // A fresh base + the saved adapter reproduces the LoRA model.
     let mut q = Policy::load(&dir, Device::Cpu, Kind::Float).unwrap();
     q.load_lora(&tmp.path().join("adapter")).unwrap();
     assert!(rel_err(&logits_one(&q, &r.prompts[1]), &with_lora) <= 1e-5);
     // Merged export == LoRA model.
-    p.save_hf(&tmp.path().join("merged"), Kind::Float, usize::MAX).unwrap();
+    p.save_hf(&tmp.path().join("merged"), Kind::Float, usize::MAX)
+        .unwrap();
     let m = Policy::load(&tmp.path().join("merged"), Device::Cpu, Kind::Float).unwrap();
     assert!(rel_err(&logits_one(&m, &r.prompts[1]), &with_lora) <= 1e-5);
     q.merge_lora().unwrap();
@@ -300,18 +386,25 @@ fn export_for_python() {
         let cfg = LoraConfig {
             r: 8,
             alpha: 16.0,
-            target_modules: ["q", "k", "v", "o", "gate", "up", "down"].iter().map(|s| s.to_string()).collect(),
+            target_modules: ["q", "k", "v", "o", "gate", "up", "down"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         };
         p.enable_lora(cfg, 1).unwrap();
         perturb_lora(&p, 9);
         p.save_lora(&d.join("adapter"), Kind::Float).unwrap();
-        p.save_hf(&d.join("merged"), Kind::Float, usize::MAX).unwrap();
+        p.save_hf(&d.join("merged"), Kind::Float, usize::MAX)
+            .unwrap();
         for (i, ids) in r.prompts.iter().enumerate() {
             tensors.push((format!("merged_{i}"), logits_one(&p, ids)));
         }
         Tensor::write_safetensors(&tensors, d.join("cures_logits.safetensors")).unwrap();
-        std::fs::write(d.join("cures_logits.json"), serde_json::json!({ "prompts": r.prompts }).to_string())
-            .unwrap();
+        std::fs::write(
+            d.join("cures_logits.json"),
+            serde_json::json!({ "prompts": r.prompts }).to_string(),
+        )
+        .unwrap();
         println!("exported {}", d.display());
     }
 }

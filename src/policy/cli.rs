@@ -85,7 +85,11 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     );
     for (i, g) in gens.iter().enumerate() {
         if !a.json || gens.len() > 1 {
-            println!("--- completion {i} ({:?}, {} tokens)", g.finish_reason, g.token_ids.len());
+            println!(
+                "--- completion {i} ({:?}, {} tokens)",
+                g.finish_reason,
+                g.token_ids.len()
+            );
         }
         if !a.json {
             println!("{}", g.text);
@@ -101,7 +105,10 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
                 finish_reason: g.finish_reason,
             })
             .collect();
-        println!("{}", serde_json::to_string(&serde_json::json!({ "completions": completions }))?);
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "completions": completions }))?
+        );
     }
     Ok(())
 }

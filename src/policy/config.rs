@@ -158,7 +158,9 @@ impl ModelConfig {
         if let Some(rp) = c.extra.get("rope_parameters").and_then(|v| v.as_object()) {
             match rp.get("rope_type").and_then(|t| t.as_str()) {
                 None | Some("default") => {}
-                Some(t) => bail!("{origin}: rope_parameters.rope_type {t:?} is not supported (only default)"),
+                Some(t) => bail!(
+                    "{origin}: rope_parameters.rope_type {t:?} is not supported (only default)"
+                ),
             }
             if let Some(th) = rp.get("rope_theta").and_then(|t| t.as_f64()) {
                 c.rope_theta = th;
@@ -171,7 +173,8 @@ impl ModelConfig {
     /// Read `<dir>/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let p = dir.join("config.json");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         Self::from_json_str(&text, &p.display().to_string())
     }
 
@@ -214,7 +217,10 @@ impl ModelConfig {
 
     fn validate(&self, origin: &str) -> Result<()> {
         if self.hidden_act != "silu" {
-            bail!("{origin}: hidden_act {:?} is not supported (only silu)", self.hidden_act);
+            bail!(
+                "{origin}: hidden_act {:?} is not supported (only silu)",
+                self.hidden_act
+            );
         }
         if let Some(s) = &self.rope_scaling {
             if !s.is_null() {
@@ -226,10 +232,16 @@ impl ModelConfig {
             bail!("{origin}: num_attention_heads {h} must be a positive multiple of num_key_value_heads {kv}");
         }
         if self.head_dim.is_none() && self.hidden_size % h != 0 {
-            bail!("{origin}: hidden_size {} is not divisible by num_attention_heads {h}", self.hidden_size);
+            bail!(
+                "{origin}: hidden_size {} is not divisible by num_attention_heads {h}",
+                self.hidden_size
+            );
         }
         if self.head_dim() % 2 != 0 {
-            bail!("{origin}: head_dim {} must be even for RoPE", self.head_dim());
+            bail!(
+                "{origin}: head_dim {} must be even for RoPE",
+                self.head_dim()
+            );
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -262,15 +274,25 @@ impl ModelConfig {
     }
     /// EOS ids from the config (may be empty).
     pub fn eos_ids(&self) -> Vec<i64> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
     /// Parameter count.
     pub fn num_params(&self) -> i64 {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (q, kv) = (self.num_attention_heads * self.head_dim(), self.kv_heads() * self.head_dim());
+        let (q, kv) = (
+            self.num_attention_heads * self.head_dim(),
+            self.kv_heads() * self.head_dim(),
+        );
         let bias = if self.qkv_bias() { q + 2 * kv } else { 0 };
         let layer = h * q + 2 * h * kv + q * h + bias + 3 * h * i + 2 * h;
-        let emb = if self.tie_word_embeddings { v * h } else { 2 * v * h };
+        let emb = if self.tie_word_embeddings {
+            v * h
+        } else {
+            2 * v * h
+        };
         emb + h + self.num_hidden_layers * layer
     }
 
@@ -307,7 +329,10 @@ mod tests {
         )
         .unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("architectures") && msg.contains("GPT2LMHeadModel"), "{msg}");
+        assert!(
+            msg.contains("architectures") && msg.contains("GPT2LMHeadModel"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -105,7 +105,9 @@ fn row_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
     // splitmix64 over the triple.
     let mut z = seed
         ^ (prompt as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (sample as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(17);
+        ^ (sample as u64)
+            .wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+            .rotate_left(17);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -173,7 +175,11 @@ fn sample_row(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> (usiz
 }
 
 /// See [`Policy::generate`].
-pub fn generate(policy: &Policy, prompts: &[Vec<i64>], p: &SamplingParams) -> Result<Vec<Generation>> {
+pub fn generate(
+    policy: &Policy,
+    prompts: &[Vec<i64>],
+    p: &SamplingParams,
+) -> Result<Vec<Generation>> {
     let counts: Vec<usize> = if p.n_per_prompt.is_empty() {
         vec![p.n; prompts.len()]
     } else if p.n_per_prompt.len() == prompts.len() {
@@ -203,7 +209,11 @@ pub fn generate(policy: &Policy, prompts: &[Vec<i64>], p: &SamplingParams) -> Re
     }
     // Chunks of whole prompts, at most max_batch rows each (a prompt with more samples than
     // max_batch is split over several chunks).
-    let max_batch = if p.max_batch == 0 { usize::MAX } else { p.max_batch };
+    let max_batch = if p.max_batch == 0 {
+        usize::MAX
+    } else {
+        p.max_batch
+    };
     let mut chunks: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new()]; // (prompt, first sample, count)
     let mut rows_in = 0usize;
     for (i, &n) in counts.iter().enumerate() {
@@ -243,7 +253,11 @@ fn generate_chunk(
     let tok = policy.tokenizer();
     let pad = tok.pad_id().unwrap_or(0);
     let u = chunk.len();
-    let plen = chunk.iter().map(|&(i, _, _)| prompts[i].len()).max().unwrap_or(0);
+    let plen = chunk
+        .iter()
+        .map(|&(i, _, _)| prompts[i].len())
+        .max()
+        .unwrap_or(0);
     let max_new = p.max_tokens as i64;
     // Rows, prompt-major.
     let mut rows: Vec<Row> = Vec::new();
@@ -274,13 +288,20 @@ fn generate_chunk(
         ids[off..off + pr.len()].copy_from_slice(pr);
         mask[off..off + pr.len()].iter_mut().for_each(|m| *m = 1);
     }
-    let ids = Tensor::from_slice(&ids).view([u as i64, plen as i64]).to_device(dev);
-    let mask2 = Tensor::from_slice(&mask).view([u as i64, plen as i64]).to_device(dev);
+    let ids = Tensor::from_slice(&ids)
+        .view([u as i64, plen as i64])
+        .to_device(dev);
+    let mask2 = Tensor::from_slice(&mask)
+        .view([u as i64, plen as i64])
+        .to_device(dev);
     let pos = positions_from_mask(&mask2);
     let cap = plen as i64 + max_new;
     let mut cache = KvCache::new(cfg, u as i64, cap, policy.kind(), dev);
     let model = policy.model();
-    let hidden = model.forward_hidden(&ids, &pos, &causal_mask(&mask2), Some(&mut cache));
+    // Prompts of equal length need no mask at all (plain causal kernels).
+    let padded = chunk.iter().any(|&(i, _, _)| prompts[i].len() != plen);
+    let prefill_mask = padded.then(|| causal_mask(&mask2));
+    let hidden = model.forward_hidden(&ids, &pos, prefill_mask.as_ref(), Some(&mut cache));
     let last = hidden.narrow(1, plen as i64 - 1, 1).squeeze_dim(1);
     let expand_t = Tensor::from_slice(&expand).to_device(dev);
     let mut logits = model.logits(&last).index_select(0, &expand_t);
@@ -289,13 +310,18 @@ fn generate_chunk(
     }
     // Key mask over the whole capacity; next positions.
     let mut keymask = Tensor::zeros([rows.len() as i64, cap], (Kind::Bool, dev));
-    keymask.narrow(1, 0, plen as i64).copy_(&mask2.to_kind(Kind::Bool).index_select(0, &expand_t));
+    keymask
+        .narrow(1, 0, plen as i64)
+        .copy_(&mask2.to_kind(Kind::Bool).index_select(0, &expand_t));
     let mut next_pos = pos.narrow(1, plen as i64 - 1, 1).index_select(0, &expand_t) + 1; // [R,1]
     let mut active: Vec<usize> = (0..rows.len()).collect();
     let vocab = cfg.vocab_size as usize;
     let max_stop_len = p.stop_strings.iter().map(|s| s.len()).max().unwrap_or(0);
     for step in 0..max_new {
-        let lf = logits.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+        let lf = logits
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
+            .contiguous();
         let mut flat = vec![0f32; active.len() * vocab];
         lf.f_copy_data(&mut flat, active.len() * vocab)?;
         let mut next = Vec::with_capacity(active.len());
@@ -315,7 +341,11 @@ fn generate_chunk(
                 let tail = tok.decode(&row.tokens[row.tokens.len() - w..], true)?;
                 if p.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
                     let full = tok.decode(&row.tokens, true)?;
-                    let cut = p.stop_strings.iter().filter_map(|s| full.find(s.as_str())).min();
+                    let cut = p
+                        .stop_strings
+                        .iter()
+                        .filter_map(|s| full.find(s.as_str()))
+                        .min();
                     if let Some(c) = cut {
                         row.stop_cut = Some(c);
                         row.finish = Some(FinishReason::Stop);
@@ -332,7 +362,9 @@ fn generate_chunk(
         if still.is_empty() {
             break;
         }
-        let mut next_t = Tensor::from_slice(&next).view([active.len() as i64, 1]).to_device(dev);
+        let mut next_t = Tensor::from_slice(&next)
+            .view([active.len() as i64, 1])
+            .to_device(dev);
         if still.len() < active.len() {
             let keep = Tensor::from_slice(&still).to_device(dev);
             cache.select_rows(&keep);
@@ -343,8 +375,8 @@ fn generate_chunk(
         }
         let cur = plen as i64 + step;
         let _ = keymask.narrow(1, cur, 1).fill_(1);
-        let m4 = keymask.narrow(1, 0, cur + 1).unsqueeze(1).unsqueeze(1);
-        let h = model.forward_hidden(&next_t, &next_pos, &m4, Some(&mut cache));
+        let m4 = padded.then(|| keymask.narrow(1, 0, cur + 1).unsqueeze(1).unsqueeze(1));
+        let h = model.forward_hidden(&next_t, &next_pos, m4.as_ref(), Some(&mut cache));
         logits = model.logits(&h.squeeze_dim(1));
         next_pos += 1;
     }
@@ -354,7 +386,10 @@ fn generate_chunk(
 fn finish_rows(policy: &Policy, rows: Vec<Row>, p: &SamplingParams) -> Vec<Generation> {
     rows.into_iter()
         .map(|r| {
-            let mut text = policy.tokenizer().decode(&r.tokens, true).unwrap_or_default();
+            let mut text = policy
+                .tokenizer()
+                .decode(&r.tokens, true)
+                .unwrap_or_default();
             if let Some(c) = r.stop_cut {
                 text.truncate(c);
             }

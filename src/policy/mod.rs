@@ -78,10 +78,22 @@ pub struct LoraConfig {
 
 impl LoraConfig {
     fn normalised_targets(&self) -> Result<Vec<String>> {
-        const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+        const ALL: [&str; 7] = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ];
         let mut out = Vec::new();
         for t in &self.target_modules {
-            let full = if t.ends_with("_proj") { t.clone() } else { format!("{t}_proj") };
+            let full = if t.ends_with("_proj") {
+                t.clone()
+            } else {
+                format!("{t}_proj")
+            };
             if !ALL.contains(&full.as_str()) {
                 bail!("LoRA target module {t:?} is not one of {ALL:?}");
             }
@@ -141,7 +153,10 @@ impl Policy {
     /// Load an HF checkpoint directory onto `device` in `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Policy> {
         let cfg = ModelConfig::load(dir)?;
-        let pad = cfg.pad_token_id.as_ref().and_then(|p| p.to_vec().first().copied());
+        let pad = cfg
+            .pad_token_id
+            .as_ref()
+            .and_then(|p| p.to_vec().first().copied());
         let tok = Tokenizer::load(dir, &cfg.eos_ids(), pad)?;
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
@@ -153,8 +168,13 @@ impl Policy {
             for f in &files {
                 for (name, t) in weights::read_file(f)? {
                     let Some(var) = vars.get(&name) else {
-                        if !(name == "lm_head.weight" && cfg.tie_word_embeddings) && !name.contains("rotary_emb") {
-                            tracing::warn!("{}: ignoring tensor {name} (not part of the model)", f.display());
+                        let expected_extra = name.contains("rotary_emb")
+                            || (name == "lm_head.weight" && cfg.tie_word_embeddings);
+                        if !expected_extra {
+                            tracing::warn!(
+                                "{}: ignoring tensor {name} (not part of the model)",
+                                f.display()
+                            );
                         }
                         continue;
                     };
@@ -167,18 +187,31 @@ impl Policy {
                         );
                     }
                     let mut var = var.shallow_clone();
-                    var.f_copy_(&t).with_context(|| format!("{}: copying tensor {name}", f.display()))?;
+                    var.f_copy_(&t)
+                        .with_context(|| format!("{}: copying tensor {name}", f.display()))?;
                     filled.insert(name, true);
                 }
             }
             Ok(())
         })?;
-        let mut missing: Vec<&String> = filled.iter().filter(|(_, v)| !**v).map(|(k, _)| k).collect();
+        let mut missing: Vec<&String> = filled
+            .iter()
+            .filter(|(_, v)| !**v)
+            .map(|(k, _)| k)
+            .collect();
         missing.sort();
         if !missing.is_empty() {
             bail!("{}: checkpoint lacks tensors {:?}", dir.display(), missing);
         }
-        Ok(Policy { cfg, tok, vs, model, lora: None, device, kind })
+        Ok(Policy {
+            cfg,
+            tok,
+            vs,
+            model,
+            lora: None,
+            device,
+            kind,
+        })
     }
 
     /// A fresh randomly initialised model (HF init, `initializer_range` from the config or 0.02).
@@ -189,12 +222,24 @@ impl Policy {
         device: Device,
         kind: Kind,
     ) -> Result<Policy> {
-        let std = cfg.extra.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
+        let std = cfg
+            .extra
+            .get("initializer_range")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.02);
         tch::manual_seed(seed as i64);
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let model = Transformer::new(&vs.root(), &cfg, WeightInit::Random { std });
-        Ok(Policy { cfg, tok: tokenizer, vs, model, lora: None, device, kind })
+        Ok(Policy {
+            cfg,
+            tok: tokenizer,
+            vs,
+            model,
+            lora: None,
+            device,
+            kind,
+        })
     }
 
     /// The model config.
@@ -251,9 +296,17 @@ impl Policy {
     pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let ids = input_ids.to_device(self.device);
         let m = attention_mask.to_device(self.device);
+        if m.all().int64_value(&[]) != 0 {
+            // No padding: plain causal attention (faster kernels, no mask tensor).
+            let (b, t) = (ids.size()[0], ids.size()[1]);
+            let pos = Tensor::arange(t, (Kind::Int64, self.device))
+                .unsqueeze(0)
+                .expand([b, t], false);
+            return self.model.forward_hidden(&ids, &pos, None, None);
+        }
         let pos = positions_from_mask(&m);
         let mask = causal_mask(&m);
-        self.model.forward_hidden(&ids, &pos, &mask, None)
+        self.model.forward_hidden(&ids, &pos, Some(&mask), None)
     }
 
     /// Indices of `seqs` grouped into micro-batches of at most `token_budget` padded tokens
@@ -283,7 +336,11 @@ impl Policy {
 
     /// Per-token log-probs and entropies of each completion given its prompt (see the module
     /// docs). Results are in input order.
-    pub fn logprobs(&self, seqs: &[(Vec<i64>, Vec<i64>)], token_budget: usize) -> Result<Vec<SeqLogprobs>> {
+    pub fn logprobs(
+        &self,
+        seqs: &[(Vec<i64>, Vec<i64>)],
+        token_budget: usize,
+    ) -> Result<Vec<SeqLogprobs>> {
         for (i, (p, _)) in seqs.iter().enumerate() {
             if p.is_empty() {
                 bail!("logprobs: sequence {i} has an empty prompt (the first completion token needs context)");
@@ -306,7 +363,11 @@ impl Policy {
     /// One right-padded batch: log-probs and entropies for every sequence in it.
     pub fn logprobs_batch(&self, batch: &[&(Vec<i64>, Vec<i64>)]) -> Result<Vec<SeqLogprobs>> {
         let b = batch.len();
-        let l = batch.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
+        let l = batch
+            .iter()
+            .map(|(p, c)| p.len() + c.len())
+            .max()
+            .unwrap_or(0);
         let pad = self.tok.pad_id().unwrap_or(0);
         let mut ids = vec![pad; b * l];
         let mut mask = vec![0i64; b * l];
@@ -315,7 +376,10 @@ impl Policy {
         for (r, (p, c)) in batch.iter().enumerate() {
             for (j, &t) in p.iter().chain(c.iter()).enumerate() {
                 if t < 0 || t >= self.cfg.vocab_size {
-                    bail!("logprobs: token id {t} outside the vocabulary (size {})", self.cfg.vocab_size);
+                    bail!(
+                        "logprobs: token id {t} outside the vocabulary (size {})",
+                        self.cfg.vocab_size
+                    );
                 }
                 ids[r * l + j] = t;
                 mask[r * l + j] = 1;
@@ -325,13 +389,20 @@ impl Policy {
                 targets.push(t);
             }
         }
-        let ids = Tensor::from_slice(&ids).view([b as i64, l as i64]).to_device(self.device);
-        let mask = Tensor::from_slice(&mask).view([b as i64, l as i64]).to_device(self.device);
+        let ids = Tensor::from_slice(&ids)
+            .view([b as i64, l as i64])
+            .to_device(self.device);
+        let mask = Tensor::from_slice(&mask)
+            .view([b as i64, l as i64])
+            .to_device(self.device);
         let hidden = self.forward_hidden(&ids, &mask);
         let h = hidden.reshape([(b * l) as i64, self.cfg.hidden_size]);
         let idx = Tensor::from_slice(&gather_pos).to_device(self.device);
         let tg = Tensor::from_slice(&targets).to_device(self.device);
-        let logits = self.model.logits(&h.index_select(0, &idx)).to_kind(Kind::Float);
+        let logits = self
+            .model
+            .logits(&h.index_select(0, &idx))
+            .to_kind(Kind::Float);
         let logp = logits.log_softmax(-1, Kind::Float);
         let tok_lp = logp.gather(1, &tg.unsqueeze(1), false).squeeze_dim(1);
         let ent = -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float);
@@ -339,21 +410,34 @@ impl Policy {
         let mut off = 0i64;
         for (_, c) in batch {
             let n = c.len() as i64;
-            out.push(SeqLogprobs { logprobs: tok_lp.narrow(0, off, n), entropy: ent.narrow(0, off, n) });
+            out.push(SeqLogprobs {
+                logprobs: tok_lp.narrow(0, off, n),
+                entropy: ent.narrow(0, off, n),
+            });
             off += n;
         }
         Ok(out)
     }
 
     /// Generate completions (see [`generate`]).
-    pub fn generate(&self, prompts: &[Vec<i64>], params: &SamplingParams) -> Result<Vec<Generation>> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<i64>],
+        params: &SamplingParams,
+    ) -> Result<Vec<Generation>> {
         generate::generate(self, prompts, params)
     }
 
     /// Generate `n` completions of one text prompt (chat-templated when `chat`).
-    pub fn generate_text(&self, prompt: &str, chat: bool, params: &SamplingParams) -> Result<Vec<Generation>> {
+    pub fn generate_text(
+        &self,
+        prompt: &str,
+        chat: bool,
+        params: &SamplingParams,
+    ) -> Result<Vec<Generation>> {
         let ids = if chat {
-            self.tok.encode_chat(&[ChatMessage::new("user", prompt)], true)?
+            self.tok
+                .encode_chat(&[ChatMessage::new("user", prompt)], true)?
         } else {
             self.tok.encode(prompt, true)?
         };
@@ -399,18 +483,33 @@ impl Policy {
                 if !targets.iter().any(|t| t == name) {
                     continue;
                 }
-                let group = if matches!(name, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+                let group = if matches!(name, "gate_proj" | "up_proj" | "down_proj") {
+                    "mlp"
+                } else {
+                    "self_attn"
+                };
                 let p = &root / i / group / name;
                 let (out_dim, in_dim) = (lin.weight.size()[0], lin.weight.size()[1]);
                 // PEFT: kaiming_uniform_(a = sqrt(5)) → bound = 1 / sqrt(in).
                 let bound = 1.0 / (in_dim as f64).sqrt();
-                let a = (&p / "lora_A").var("weight", &[cfg.r, in_dim], tch::nn::Init::Uniform { lo: -bound, up: bound });
+                let a = (&p / "lora_A").var(
+                    "weight",
+                    &[cfg.r, in_dim],
+                    tch::nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                );
                 let b = (&p / "lora_B").var("weight", &[out_dim, cfg.r], tch::nn::Init::Const(0.));
                 lin.lora = Some(model::LoraAdapter { a, b, scale });
             }
         }
         self.vs.freeze();
-        self.lora = Some(LoraState { vs: lvs, cfg, targets });
+        self.lora = Some(LoraState {
+            vs: lvs,
+            cfg,
+            targets,
+        });
         Ok(())
     }
 
@@ -423,15 +522,17 @@ impl Policy {
     /// `adapter_config.json` + `adapter_model.safetensors`
     /// (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, ...).
     pub fn save_lora(&self, dir: &Path, kind: Kind) -> Result<()> {
-        let l = self.lora.as_ref().context("save_lora: LoRA is not enabled")?;
+        let l = self
+            .lora
+            .as_ref()
+            .context("save_lora: LoRA is not enabled")?;
         let tmp = weights::tmp_dir_for(dir)?;
         let res = (|| -> Result<()> {
-            let mut vars: Vec<(String, Tensor)> = l
-                .vs
-                .variables()
-                .into_iter()
-                .map(|(k, v)| (k, v.detach().to_kind(kind)))
-                .collect();
+            let mut vars: Vec<(String, Tensor)> =
+                l.vs.variables()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.detach().to_kind(kind)))
+                    .collect();
             vars.sort_by_key(|(k, _)| lora_sort_key(k));
             weights::write_file(&tmp.join("adapter_model.safetensors"), &vars)?;
             let acfg = serde_json::json!({
@@ -468,10 +569,14 @@ impl Policy {
     /// Enable LoRA from a PEFT directory (`adapter_config.json` + `adapter_model.safetensors`).
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
         let p = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
-        let r = v.get("r").and_then(|x| x.as_i64()).with_context(|| format!("{}: no integer `r`", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", p.display()))?;
+        let r = v
+            .get("r")
+            .and_then(|x| x.as_i64())
+            .with_context(|| format!("{}: no integer `r`", p.display()))?;
         let alpha = v
             .get("lora_alpha")
             .and_then(|x| x.as_f64())
@@ -479,27 +584,49 @@ impl Policy {
         let target_modules: Vec<String> = v
             .get("target_modules")
             .and_then(|x| serde_json::from_value(x.clone()).ok())
-            .with_context(|| format!("{}: `target_modules` must be a list of names", p.display()))?;
-        self.enable_lora(LoraConfig { r, alpha, target_modules }, 0)?;
+            .with_context(|| {
+                format!("{}: `target_modules` must be a list of names", p.display())
+            })?;
+        self.enable_lora(
+            LoraConfig {
+                r,
+                alpha,
+                target_modules,
+            },
+            0,
+        )?;
         let f = dir.join("adapter_model.safetensors");
         let vars = self.trainable_var_store().variables();
         let mut seen = 0usize;
         tch::no_grad(|| -> Result<()> {
             for (name, t) in weights::read_file(&f)? {
-                let key = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.");
+                let key = name
+                    .replace(".lora_A.default.", ".lora_A.")
+                    .replace(".lora_B.default.", ".lora_B.");
                 let var = vars
                     .get(&key)
                     .with_context(|| format!("{}: unexpected tensor {name}", f.display()))?;
                 if var.size() != t.size() {
-                    bail!("{}: tensor {name} has shape {:?}, expected {:?}", f.display(), t.size(), var.size());
+                    bail!(
+                        "{}: tensor {name} has shape {:?}, expected {:?}",
+                        f.display(),
+                        t.size(),
+                        var.size()
+                    );
                 }
-                var.shallow_clone().f_copy_(&t).with_context(|| format!("{}: tensor {name}", f.display()))?;
+                var.shallow_clone()
+                    .f_copy_(&t)
+                    .with_context(|| format!("{}: tensor {name}", f.display()))?;
                 seen += 1;
             }
             Ok(())
         })?;
         if seen != vars.len() {
-            bail!("{}: has {seen} adapter tensors, adapter_config.json implies {}", f.display(), vars.len());
+            bail!(
+                "{}: has {seen} adapter tensors, adapter_config.json implies {}",
+                f.display(),
+                vars.len()
+            );
         }
         Ok(())
     }
@@ -529,8 +656,22 @@ impl Policy {
 fn lora_sort_key(name: &str) -> (usize, usize, String) {
     // base_model.model.model.layers.N.<group>.<module>.lora_X.weight → (N, module order, name)
     let parts: Vec<&str> = name.split('.').collect();
-    let layer = parts.get(4).and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-    let order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-    let m = parts.get(6).and_then(|m| order.iter().position(|o| o == m)).unwrap_or(order.len());
+    let layer = parts
+        .get(4)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
+    let order = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let m = parts
+        .get(6)
+        .and_then(|m| order.iter().position(|o| o == m))
+        .unwrap_or(order.len());
     (layer, m, name.to_string())
 }

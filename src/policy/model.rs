@@ -38,7 +38,11 @@ impl Linear {
     fn new(p: &Path, in_dim: i64, out_dim: i64, bias: bool, init: &WeightInit) -> Linear {
         let weight = p.var("weight", &[out_dim, in_dim], init.linear());
         let bias = bias.then(|| p.var("bias", &[out_dim], Init::Const(0.)));
-        Linear { weight, bias, lora: None }
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
     }
 
     /// `x Wᵀ + b (+ LoRA)`.
@@ -55,8 +59,11 @@ impl Linear {
         let w = self.weight.detach();
         match &self.lora {
             Some(l) => {
-                let delta = l.b.detach().to_kind(Kind::Float).matmul(&l.a.detach().to_kind(Kind::Float))
-                    * l.scale;
+                let delta =
+                    l.b.detach()
+                        .to_kind(Kind::Float)
+                        .matmul(&l.a.detach().to_kind(Kind::Float))
+                        * l.scale;
                 (w.to_kind(Kind::Float) + delta).to_kind(w.kind())
             }
             None => w,
@@ -80,7 +87,10 @@ impl WeightInit {
     fn linear(&self) -> Init {
         match self {
             WeightInit::ForLoad => Init::Const(0.),
-            WeightInit::Random { std } => Init::Randn { mean: 0., stdev: *std },
+            WeightInit::Random { std } => Init::Randn {
+                mean: 0.,
+                stdev: *std,
+            },
         }
     }
 }
@@ -95,7 +105,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     fn new(p: &Path, dim: i64, eps: f64) -> RmsNorm {
-        RmsNorm { weight: p.var("weight", &[dim], Init::Const(1.)), eps }
+        RmsNorm {
+            weight: p.var("weight", &[dim], Init::Const(1.)),
+            eps,
+        }
     }
     /// Normalise the last dimension.
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -125,7 +138,13 @@ pub struct KvCache {
 
 impl KvCache {
     /// Preallocate for `batch` rows and `capacity` positions.
-    pub fn new(cfg: &ModelConfig, batch: i64, capacity: i64, kind: Kind, device: tch::Device) -> Self {
+    pub fn new(
+        cfg: &ModelConfig,
+        batch: i64,
+        capacity: i64,
+        kind: Kind,
+        device: tch::Device,
+    ) -> Self {
         let shape = [batch, cfg.kv_heads(), capacity, cfg.head_dim()];
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| LayerCache {
@@ -133,7 +152,11 @@ impl KvCache {
                 v: Tensor::zeros(shape, (kind, device)),
             })
             .collect();
-        KvCache { layers, len: 0, capacity }
+        KvCache {
+            layers,
+            len: 0,
+            capacity,
+        }
     }
     /// Filled positions.
     pub fn len(&self) -> i64 {
@@ -185,7 +208,12 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 
 impl Attention {
     fn new(p: &Path, cfg: &ModelConfig, init: &WeightInit) -> Attention {
-        let (h, d, nh, nkv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+        let (h, d, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+        );
         let bias = cfg.qkv_bias();
         Attention {
             q_proj: Linear::new(&(p / "q_proj"), h, nh * d, bias, init),
@@ -199,40 +227,61 @@ impl Attention {
     }
 
     /// `x` `[B, T, H]`; `cos`/`sin` `[B, 1, T, D]`; `mask` boolean `[B, 1, T, S]` (true = attend)
-    /// where S = cached + T.
+    /// where S = cached + T, or `None` for plain causal attention without padding.
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<(&mut LayerCache, i64)>,
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let q = self
+            .q_proj
+            .forward(x)
+            .view([b, t, self.n_heads, self.head_dim])
+            .transpose(1, 2);
+        let k = self
+            .k_proj
+            .forward(x)
+            .view([b, t, self.n_kv, self.head_dim])
+            .transpose(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .view([b, t, self.n_kv, self.head_dim])
+            .transpose(1, 2);
         let q = apply_rope(&q, cos, sin);
         let k = apply_rope(&k, cos, sin);
-        let (k, v) = match cache {
+        let (k, v, past) = match cache {
             Some((c, past)) => {
                 c.k.narrow(2, past, t).copy_(&k);
                 c.v.narrow(2, past, t).copy_(&v);
-                (c.k.narrow(2, 0, past + t), c.v.narrow(2, 0, past + t))
+                (c.k.narrow(2, 0, past + t), c.v.narrow(2, 0, past + t), past)
             }
-            None => (k, v),
+            None => (k, v, 0),
         };
+        // Without a mask: causal (top-left aligned, so only valid with nothing cached, or a
+        // single query that may see every cached key).
+        let is_causal = mask.is_none() && t > 1;
+        assert!(
+            !(is_causal && past > 0),
+            "attention without a mask over a cache needs t == 1"
+        );
         let y = Tensor::scaled_dot_product_attention(
             &q,
             &k,
             &v,
-            Some(mask),
+            mask,
             0.0,
-            false,
+            is_causal,
             None::<f64>,
             self.n_kv != self.n_heads,
         );
-        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
+        let y = y
+            .transpose(1, 2)
+            .reshape([b, t, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
     }
 }
@@ -297,7 +346,10 @@ impl Transformer {
         let m = root / "model";
         let emb_init = match init {
             WeightInit::ForLoad => Init::Const(0.),
-            WeightInit::Random { std } => Init::Randn { mean: 0., stdev: std },
+            WeightInit::Random { std } => Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
         };
         let embed_tokens =
             (&m / "embed_tokens").var("weight", &[cfg.vocab_size, cfg.hidden_size], emb_init);
@@ -305,7 +357,11 @@ impl Transformer {
             .map(|i| {
                 let p = &m / "layers" / i;
                 Block {
-                    input_layernorm: RmsNorm::new(&(&p / "input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps),
+                    input_layernorm: RmsNorm::new(
+                        &(&p / "input_layernorm"),
+                        cfg.hidden_size,
+                        cfg.rms_norm_eps,
+                    ),
                     self_attn: Attention::new(&(&p / "self_attn"), cfg, &init),
                     post_attention_layernorm: RmsNorm::new(
                         &(&p / "post_attention_layernorm"),
@@ -317,14 +373,28 @@ impl Transformer {
             })
             .collect();
         let norm = RmsNorm::new(&(&m / "norm"), cfg.hidden_size, cfg.rms_norm_eps);
-        let lm_head = (!cfg.tie_word_embeddings)
-            .then(|| Linear::new(&(root / "lm_head"), cfg.hidden_size, cfg.vocab_size, false, &init));
+        let lm_head = (!cfg.tie_word_embeddings).then(|| {
+            Linear::new(
+                &(root / "lm_head"),
+                cfg.hidden_size,
+                cfg.vocab_size,
+                false,
+                &init,
+            )
+        });
         let d = cfg.head_dim();
         let inv_freq: Vec<f32> = (0..d / 2)
             .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
             .collect();
         let inv_freq = Tensor::from_slice(&inv_freq).to_device(root.device());
-        Transformer { embed_tokens, layers, norm, lm_head, inv_freq, kind: root.kind() }
+        Transformer {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            kind: root.kind(),
+        }
     }
 
     /// Tell the model its parameters' kind changed (after `VarStore::set_kind`).
@@ -345,13 +415,14 @@ impl Transformer {
     /// Final hidden states `[B, T, H]` (after `model.norm`).
     ///
     /// `input_ids` `[B, T]`, `positions` `[B, T]` (int64), `mask` boolean `[B, 1, T, S]`
-    /// (true = may attend; S = cached + T). With a cache, keys/values of these T positions are
-    /// written at `cache.len()` and the cache grows by T.
+    /// (true = may attend; S = cached + T), or `None` for causal attention over unpadded rows
+    /// (then with a non-empty cache T must be 1). With a cache, keys/values of these T
+    /// positions are written at `cache.len()` and the cache grows by T.
     pub fn forward_hidden(
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let t = input_ids.size()[1];
@@ -360,10 +431,15 @@ impl Transformer {
         let past = cache.as_ref().map_or(0, |c| c.len);
         for (i, layer) in self.layers.iter().enumerate() {
             let lc = cache.as_deref_mut().map(|c| (&mut c.layers[i], past));
-            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x), &cos, &sin, mask, lc);
-            x = x + h;
-            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x));
-            x = x + h;
+            let h =
+                layer
+                    .self_attn
+                    .forward(&layer.input_layernorm.forward(&x), &cos, &sin, mask, lc);
+            x = &x + &h; // not `+=`: autograd needs the old x
+            let h = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&x));
+            x = &x + &h; // not `+=`: autograd needs the old x
         }
         if let Some(c) = cache {
             c.len = past + t;
@@ -396,9 +472,16 @@ impl Transformer {
     /// Every parameter with its HF name, in checkpoint (layer) order; linears with adapters
     /// give their merged weight.
     pub fn named_tensors(&self, merged: bool) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.detach())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.detach(),
+        )];
         let lin = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| {
-            let w = if merged { l.merged_weight() } else { l.weight.detach() };
+            let w = if merged {
+                l.merged_weight()
+            } else {
+                l.weight.detach()
+            };
             out.push((format!("{name}.weight"), w));
             if let Some(b) = &l.bias {
                 out.push((format!("{name}.bias"), b.detach()));
@@ -406,7 +489,10 @@ impl Transformer {
         };
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight.detach()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight.detach(),
+            ));
             for (n, m) in [
                 ("q_proj", &l.self_attn.q_proj),
                 ("k_proj", &l.self_attn.k_proj),
@@ -419,7 +505,11 @@ impl Transformer {
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.weight.detach(),
             ));
-            for (n, m) in [("gate_proj", &l.mlp.gate_proj), ("up_proj", &l.mlp.up_proj), ("down_proj", &l.mlp.down_proj)] {
+            for (n, m) in [
+                ("gate_proj", &l.mlp.gate_proj),
+                ("up_proj", &l.mlp.up_proj),
+                ("down_proj", &l.mlp.down_proj),
+            ] {
                 lin(&mut out, format!("{p}.mlp.{n}"), m);
             }
         }

@@ -23,7 +23,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// Shorthand constructor.
     pub fn new(role: &str, content: &str) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -57,16 +60,27 @@ impl ChatTemplate {
                 .and_then(|t| t.as_str())
                 .map(String::from)
                 .with_context(|| format!("{origin}: `chat_template` list has no template"))?,
-            Some(other) => bail!("{origin}: `chat_template` is neither a string nor a list: {other}"),
+            Some(other) => {
+                bail!("{origin}: `chat_template` is neither a string nor a list: {other}")
+            }
         };
         let mut specials = Vec::new();
-        for key in ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"] {
+        for key in [
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "pad_token",
+            "sep_token",
+            "cls_token",
+            "mask_token",
+        ] {
             if let Some(s) = token_string(cfg.get(key)) {
                 specials.push((key.to_string(), s));
             }
         }
         let t = ChatTemplate { source, specials };
-        t.env().with_context(|| format!("{origin}: invalid chat_template"))?;
+        t.env()
+            .with_context(|| format!("{origin}: invalid chat_template"))?;
         Ok(Some(t))
     }
 
@@ -74,7 +88,10 @@ impl ChatTemplate {
     pub fn new(source: &str, specials: &[(&str, &str)]) -> Result<Self> {
         let t = ChatTemplate {
             source: source.to_string(),
-            specials: specials.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            specials: specials
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         t.env().context("invalid chat template")?;
         Ok(t)
@@ -91,12 +108,18 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_function("strftime_now", |fmt: String| -> Result<Value, minijinja::Error> {
-            Ok(Value::from(chrono::Local::now().format(&fmt).to_string()))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_function(
+            "strftime_now",
+            |fmt: String| -> Result<Value, minijinja::Error> {
+                Ok(Value::from(chrono::Local::now().format(&fmt).to_string()))
+            },
+        );
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", self.source.clone())
             .map_err(|e| anyhow!("{e:#}"))?;
@@ -229,9 +252,9 @@ fn read_json(p: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Some(
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?,
-    ))
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{}: invalid JSON", p.display())
+    })?))
 }
 
 impl Tokenizer {
@@ -249,7 +272,10 @@ impl Tokenizer {
             let src = std::fs::read_to_string(&jinja)
                 .with_context(|| format!("reading {}", jinja.display()))?;
             let specials: Vec<(String, String)> = chat.map(|c| c.specials).unwrap_or_default();
-            chat = Some(ChatTemplate { source: src, specials });
+            chat = Some(ChatTemplate {
+                source: src,
+                specials,
+            });
         }
         let gc_path = dir.join("generation_config.json");
         let gc = read_json(&gc_path)?.unwrap_or(serde_json::Value::Null);
@@ -261,7 +287,9 @@ impl Tokenizer {
         let mut eos_ids = ids(gc.get("eos_token_id"));
         eos_ids.extend_from_slice(config_eos);
         let tok_id = |key: &str| {
-            token_string(tc.get(key)).and_then(|s| inner.token_to_id(&s)).map(i64::from)
+            token_string(tc.get(key))
+                .and_then(|s| inner.token_to_id(&s))
+                .map(i64::from)
         };
         if let Some(id) = tok_id("eos_token") {
             eos_ids.push(id);
@@ -283,7 +311,14 @@ impl Tokenizer {
                 ));
             }
         }
-        Ok(Tokenizer { inner, eos_ids, pad_id, bos_id, chat, files })
+        Ok(Tokenizer {
+            inner,
+            eos_ids,
+            pad_id,
+            bos_id,
+            chat,
+            files,
+        })
     }
 
     /// A tokenizer built in code (e.g. for a fresh testbed model). `files` are written by
@@ -296,7 +331,14 @@ impl Tokenizer {
         files: Vec<(String, Vec<u8>)>,
     ) -> Self {
         let bos_id = None;
-        Tokenizer { inner, eos_ids, pad_id, bos_id, chat, files }
+        Tokenizer {
+            inner,
+            eos_ids,
+            pad_id,
+            bos_id,
+            chat,
+            files,
+        }
     }
 
     /// The wrapped `tokenizers::Tokenizer`.
@@ -342,14 +384,22 @@ impl Tokenizer {
         self.chat.as_ref()
     }
     /// Render messages with the chat template (error when there is none).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         self.chat
             .as_ref()
             .context("this tokenizer has no chat_template (tokenizer_config.json)")?
             .render(messages, add_generation_prompt)
     }
     /// Render and encode (no extra special tokens, as transformers does for chat prompts).
-    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<i64>> {
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<i64>> {
         let text = self.apply_chat_template(messages, add_generation_prompt)?;
         self.encode(&text, false)
     }

@@ -26,7 +26,10 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .values()
             .map(|f| {
                 f.as_str().map(str::to_string).with_context(|| {
-                    format!("{}: `weight_map` value {f} is not a string", index.display())
+                    format!(
+                        "{}: `weight_map` value {f} is not a string",
+                        index.display()
+                    )
                 })
             })
             .collect::<Result<_>>()?;
@@ -85,10 +88,7 @@ pub fn torch_dtype_name(kind: Kind) -> &'static str {
 /// `{"format": "pt"}` metadata, in the order given.
 pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({ "format": "pt" }),
-    );
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
     let mut cpu = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -122,7 +122,9 @@ pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
             .with_context(|| format!("copying tensor {name} for {}", path.display()))?;
         w.write_all(&buf).map_err(io)?;
     }
-    let f = w.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     f.sync_all().map_err(io)?;
     Ok(())
 }
@@ -141,7 +143,11 @@ pub fn write_sharded(
     let mut size = 0usize;
     let mut total = 0usize;
     for (name, t) in tensors {
-        let t = if t.is_floating_point() { t.to_kind(kind) } else { t };
+        let t = if t.is_floating_point() {
+            t.to_kind(kind)
+        } else {
+            t
+        };
         let bytes = t.numel() * t.kind().elt_size_in_bytes();
         if size > 0 && size + bytes > max {
             shards.push(Vec::new());
@@ -186,7 +192,10 @@ pub fn write_sharded(
 /// atomic). Fails when `dest` already exists.
 pub fn tmp_dir_for(dest: &Path) -> Result<PathBuf> {
     if dest.exists() {
-        bail!("{} already exists: checkpoints are written to a fresh directory", dest.display());
+        bail!(
+            "{} already exists: checkpoints are written to a fresh directory",
+            dest.display()
+        );
     }
     let parent = dest
         .parent()
@@ -199,7 +208,8 @@ pub fn tmp_dir_for(dest: &Path) -> Result<PathBuf> {
         .unwrap_or_else(|| "checkpoint".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("removing stale {}", tmp.display()))?;
     }
     std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     Ok(tmp)

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""PyTorch-eager reference for `cures bench train-step`: forward + backward of the mean
+next-token log-likelihood of a random-init transformers LlamaForCausalLM (the config cures
+passes), on CPU with the given thread count. Prints one JSON object as the last line:
+{"tokens_per_s": ..., "step_ms": ..., "threads": ..., "params": ...}."""
+import argparse
+import json
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True, help="config.json written by cures")
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--seq", type=int, required=True)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**json.load(open(a.config)))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).float().train()
+    # Same computation as cures: logits → log_softmax → gather next tokens → mean.
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (a.batch, a.seq), generator=g)
+    mask = torch.ones_like(ids)
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        lp = torch.log_softmax(logits[:, :-1].float(), -1)
+        loss = -lp.gather(-1, ids[:, 1:, None]).mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        if i >= a.warmup:
+            times.append(dt)
+    times.sort()
+    med = times[len(times) // 2]
+    print(
+        json.dumps(
+            {
+                "tokens_per_s": a.batch * a.seq / med,
+                "step_ms": med * 1e3,
+                "threads": torch.get_num_threads(),
+                "params": sum(p.numel() for p in model.parameters()),
+                "attn_implementation": model.config._attn_implementation,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
