@@ -35,6 +35,9 @@ enum Command {
     /// Performance figures, each side by side with its reference.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The reward: verify answers against golds.
+    #[command(subcommand)]
+    Reward(cures::reward::cli::RewardCommand),
     /// Sample completions from an HF model directory (tch policy).
     Generate(cures::policy::cli::GenerateArgs),
 }
@@ -84,6 +87,10 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Answer verification throughput and agreement vs Math-Verify.
+    Reward(cures::bench::reward::RewardBenchArgs),
+    /// Random strings through the verifier: panics (must be 0) and the slowest case.
+    RewardFuzz(cures::bench::reward::RewardFuzzArgs),
     /// Forward+backward tokens/s of a ~28M Llama: cures (tch) vs PyTorch eager.
     TrainStep {
         /// Sequences per step.
@@ -223,6 +230,13 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }
+        }
+        Command::Reward(c) => cures::reward::cli::run(c)?,
+        Command::Bench(BenchCommand::Reward(a)) => {
+            cures::bench::reward::main(a).context("bench reward")?
+        }
+        Command::Bench(BenchCommand::RewardFuzz(a)) => {
+            cures::bench::reward::fuzz_main(a).context("bench reward-fuzz")?
         }
         Command::Bench(BenchCommand::Curriculum {
             prompts,

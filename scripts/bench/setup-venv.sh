@@ -9,6 +9,7 @@ PY="${PYTHON:-python3}"
 # Packages the references need (one per line: requirement spec).
 REQS=(
   "numpy>=1.26"
+  "math-verify>=0.8"
   # policy parity fixtures, train-step reference, SmolLM2 conversion (scripts/make-tiny-models.py,
   # scripts/bench/train_step_ref.py, scripts/fetch-smollm2.sh); torch==2.11.0 matches libtorch.
   "torch==2.11.0"
@@ -25,7 +26,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 missing=()
 for r in "${REQS[@]}"; do
-  mod=${r%%[<>=]*}; mod=${mod//-/_}
+  mod=${r%%[<>=\[]*}; mod=${mod//-/_}
   "$VENV/bin/python" -c "import $mod" 2>/dev/null || missing+=("$r")
 done
 if ((${#missing[@]})); then

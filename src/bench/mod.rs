@@ -3,6 +3,7 @@
 //! with the reason on stderr, never skipped silently.
 
 pub mod curriculum;
+pub mod reward;
 pub mod train_step;
 
 use std::path::{Path, PathBuf};

@@ -192,3 +192,129 @@ pub fn score_file(
     sum.seconds = t0.elapsed().as_secs_f64();
     Ok(sum)
 }
+
+/// `cures reward ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RewardCommand {
+    /// Verify a JSONL file of {"prediction", "gold", ...} lines (in parallel).
+    Score(ScoreArgs),
+    /// Verify one pair and print the verdict with the extracted and parsed forms.
+    Check(CheckArgs),
+}
+
+/// Reward values and fallbacks on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RewardFlags {
+    /// Every extraction fallback on ("final answer is", last math span, last number).
+    #[arg(long)]
+    pub lenient: bool,
+    /// The authors' older reward values: correct 1, wrong -0.5, unboxed -1.
+    #[arg(long)]
+    pub legacy_rewards: bool,
+    /// Relative tolerance of numeric comparisons.
+    #[arg(long)]
+    pub rel_tol: Option<f64>,
+}
+
+impl RewardFlags {
+    /// The config these flags describe.
+    pub fn config(&self) -> Result<RewardConfig> {
+        let mut c = if self.legacy_rewards {
+            RewardConfig::authors_legacy()
+        } else {
+            RewardConfig::default()
+        };
+        if self.lenient {
+            c.fallback_final_answer = true;
+            c.fallback_last_latex = true;
+            c.fallback_last_number = true;
+        }
+        if let Some(t) = self.rel_tol {
+            c.rel_tol = t;
+        }
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+/// `cures reward score`.
+#[derive(Debug, clap::Args)]
+pub struct ScoreArgs {
+    /// Input JSONL: one {"prediction": str, "gold": str, ...} object per line.
+    #[arg(long)]
+    pub input: std::path::PathBuf,
+    /// Output JSONL (written atomically); stdout when omitted.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+    /// Reward values and fallbacks.
+    #[command(flatten)]
+    pub flags: RewardFlags,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `cures reward check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The model output.
+    #[arg(long)]
+    pub pred: String,
+    /// The gold answer.
+    #[arg(long)]
+    pub gold: String,
+    /// Reward values and fallbacks.
+    #[command(flatten)]
+    pub flags: RewardFlags,
+    /// Print the verdict as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run a `cures reward` command.
+pub fn run(cmd: RewardCommand) -> Result<()> {
+    match cmd {
+        RewardCommand::Score(a) => {
+            let cfg = a.flags.config()?;
+            let to_stdout = a.output.is_none();
+            let s = score_file(&a.input, a.output.as_deref(), &cfg, !a.quiet && !to_stdout)?;
+            eprintln!(
+                "reward: {} lines, {} equivalent ({:.2}%), {} with an extracted answer, mean reward {:.4}, {:.2}s{}",
+                s.lines,
+                s.equivalent,
+                100.0 * s.equivalent as f64 / s.lines.max(1) as f64,
+                s.extracted,
+                s.mean_reward,
+                s.seconds,
+                a.output
+                    .as_ref()
+                    .map(|p| format!(", wrote {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+        RewardCommand::Check(a) => {
+            let cfg = a.flags.config()?;
+            let e = super::explain(&a.pred, &a.gold, &cfg);
+            if a.json {
+                println!("{}", serde_json::to_string(&e)?);
+                return Ok(());
+            }
+            let show = |name: &str, x: &Option<(String, String, String)>| match x {
+                Some((raw, norm, tree)) => {
+                    println!("{name}:");
+                    println!("  extracted  {raw}");
+                    println!("  normalised {norm}");
+                    println!("  parsed     {tree}");
+                }
+                None => println!("{name}: no answer extracted"),
+            };
+            show("gold", &e.gold);
+            show("prediction", &e.prediction);
+            println!(
+                "equivalent: {}  reward: {}",
+                e.verdict.equivalent, e.verdict.reward
+            );
+        }
+    }
+    Ok(())
+}
