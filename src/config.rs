@@ -58,6 +58,22 @@ pub struct Config {
     pub iterations: IterationConfig,
     /// Synthetic prompt pool for `cures simulate`.
     pub simulate: SimulateConfig,
+    /// The policy checkpoint and where it runs.
+    pub model: ModelSection,
+    /// Training and evaluation data.
+    pub data: DataConfig,
+    /// The generated CPU testbed (used where `data.train` / `data.eval` say `testbed`).
+    pub testbed: crate::testbed::TestbedConfig,
+    /// Rollout engine and sampling.
+    pub rollout: crate::rollout::RolloutConfig,
+    /// Optimiser and loss.
+    pub train: crate::train::TrainConfig,
+    /// Run length, logging, evaluation and checkpoint cadence.
+    pub run: RunConfig,
+    /// Supervised warm start of the testbed policy (`cures sft`).
+    pub sft: SftConfig,
+    /// Reward values and answer-extraction fallbacks.
+    pub reward: crate::reward::RewardConfig,
 }
 
 impl Default for Config {
@@ -69,6 +85,142 @@ impl Default for Config {
             curriculum: CurriculumConfig::default(),
             iterations: IterationConfig::default(),
             simulate: SimulateConfig::default(),
+            model: ModelSection::default(),
+            data: DataConfig::default(),
+            testbed: crate::testbed::TestbedConfig::default(),
+            rollout: crate::rollout::RolloutConfig::default(),
+            train: crate::train::TrainConfig::default(),
+            run: RunConfig::default(),
+            sft: SftConfig::default(),
+            reward: crate::reward::RewardConfig::default(),
+        }
+    }
+}
+
+/// `[model]`: the policy checkpoint (HF directory) and where it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// HF checkpoint directory (config.json, safetensors, tokenizer.json).
+    pub path: String,
+    /// Parameter dtype while training: `f32` | `bf16` | `f16`.
+    pub dtype: String,
+    /// `auto` (CUDA when available) | `cpu` | `cuda`.
+    pub device: String,
+    /// dtype of saved checkpoints.
+    pub save_dtype: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            path: "results/testbed/policy".to_string(),
+            dtype: "f32".to_string(),
+            device: "auto".to_string(),
+            save_dtype: "f32".to_string(),
+        }
+    }
+}
+
+/// `[data]`: the training prompts and the held-out sets. `testbed` names the generated testbed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// JSONL/CSV file with `problem`, `answer` (optional `id`), or `testbed`.
+    pub train: String,
+    /// Held-out sets evaluated every `run.eval_every` steps (files or `testbed`).
+    pub eval: Vec<String>,
+    /// At most this many problems per held-out set (0 = all).
+    pub eval_max: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train: "testbed".to_string(),
+            eval: vec!["testbed".to_string()],
+            eval_max: 0,
+        }
+    }
+}
+
+/// `[run]`: length and cadence of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Cap on the total number of steps (default: iterations.subsets × iterations.steps).
+    pub steps: Option<usize>,
+    /// Run directory (default `results/runs/<name>`).
+    pub out: Option<String>,
+    /// Held-out evaluation every k steps (and before the first and after the last; 0 = never).
+    pub eval_every: usize,
+    /// Checkpoint every k steps (and at the end; 0 = only at the end).
+    pub checkpoint_every: usize,
+    /// Per-prompt posterior trace every k steps (0 = only at the end).
+    pub prompts_every: usize,
+    /// Completions per step copied to `rollouts.jsonl`.
+    pub log_rollouts: usize,
+    /// Checkpoints kept (older ones are deleted; at least 1).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            steps: None,
+            out: None,
+            eval_every: 10,
+            checkpoint_every: 10,
+            prompts_every: 10,
+            log_rollouts: 8,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+/// `[sft]`: the tiny testbed policy and its supervised warm start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// Where the warm-started checkpoint is written.
+    pub out: String,
+    /// Hidden size.
+    pub hidden: i64,
+    /// Layers.
+    pub layers: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// Key/value heads (GQA).
+    pub kv_heads: i64,
+    /// MLP width.
+    pub intermediate: i64,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Peak learning rate (cosine decay to 10%).
+    pub lr: f64,
+    /// Share of each level's training problems used for warm start, easiest level first
+    /// (the levels beyond the list use its last value). Controls the difficulty spread.
+    pub level_share: Vec<f64>,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            out: "results/testbed/policy".to_string(),
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 384,
+            steps: 1500,
+            batch: 64,
+            lr: 3e-3,
+            level_share: vec![1.0],
+            seed: 0,
         }
     }
 }
@@ -386,6 +538,38 @@ impl Config {
 
     /// Check every value and combination; the error names the key and the reason.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.train.validate()?;
+        self.rollout.validate()?;
+        for (k, v) in [
+            ("model.dtype", &self.model.dtype),
+            ("model.save_dtype", &self.model.save_dtype),
+        ] {
+            if !["f32", "float32", "bf16", "bfloat16", "f16", "float16"].contains(&v.as_str()) {
+                return Err(invalid(k, format!("{v:?} is not one of f32, bf16, f16")));
+            }
+        }
+        if !["auto", "cpu", "cuda"].contains(&self.model.device.as_str()) {
+            return Err(invalid(
+                "model.device",
+                format!("{:?} is not one of auto, cpu, cuda", self.model.device),
+            ));
+        }
+        if self.run.steps == Some(0) {
+            return Err(invalid("run.steps", "must be at least 1"));
+        }
+        if self.run.keep_checkpoints == 0 {
+            return Err(invalid("run.keep_checkpoints", "must be at least 1"));
+        }
+        if self.sft.heads <= 0
+            || self.sft.kv_heads <= 0
+            || self.sft.hidden % self.sft.heads != 0
+            || self.sft.heads % self.sft.kv_heads != 0
+        {
+            return Err(invalid(
+                "sft.heads",
+                "sft.hidden must be a multiple of sft.heads, and sft.heads of sft.kv_heads",
+            ));
+        }
         let b = &self.batch;
         let c = &self.curriculum;
         if b.prompts == 0 {

@@ -9,7 +9,14 @@
 pub mod bench;
 pub mod config;
 pub mod curriculum;
+pub mod data;
 pub mod metrics;
 pub mod policy;
 pub mod reward;
+pub mod rollout;
+pub mod run;
+pub mod sft;
 pub mod simulate;
+pub mod sync;
+pub mod testbed;
+pub mod train;

@@ -35,11 +35,44 @@ enum Command {
     /// Performance figures, each side by side with its reference.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Sample completions from an HF model directory (tch policy).
+    Generate(cures::policy::cli::GenerateArgs),
     /// The reward: verify answers against golds.
     #[command(subcommand)]
     Reward(cures::reward::cli::RewardCommand),
-    /// Sample completions from an HF model directory (tch policy).
-    Generate(cures::policy::cli::GenerateArgs),
+    /// Supervised warm start of the tiny testbed policy (writes an HF checkpoint).
+    Sft {
+        /// The TOML config (its [sft] and [testbed] sections).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Checkpoint directory (overrides sft.out).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON summary object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Train: CurES (or a baseline strategy) end to end, Algorithm 1.
+    Run {
+        /// The TOML config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run directory (default run.out, else results/runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in the run directory from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Print one JSON summary object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar and no per-step lines.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Args)]
@@ -229,6 +262,54 @@ fn run(cli: Cli) -> Result<()> {
             );
             if json {
                 println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Sft {
+            config,
+            out,
+            json,
+            quiet,
+        } => {
+            let cfg = load_config(config.as_ref(), &cli.set)?;
+            let r = cures::sft::sft(&cfg, out.as_deref(), quiet || json)?;
+            println!(
+                "warm-started a {}-parameter policy on {} examples in {:.0} s (final loss {:.4}); wrote {}",
+                r.params, r.examples, r.wall_s, r.final_loss, r.out.display()
+            );
+            for (name, acc) in &r.heldout_by_level {
+                println!("  {name:<14} greedy accuracy {acc:.3}");
+            }
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Run {
+            config,
+            out,
+            resume,
+            json,
+            quiet,
+        } => {
+            let cfg = load_config(config.as_ref(), &cli.set)?;
+            let s = cures::run::run(cures::run::RunOptions {
+                config: cfg,
+                out,
+                resume,
+                quiet: quiet || json,
+            })?;
+            let fmt = |a: Option<f64>| a.map_or("n/a".to_string(), |a| format!("{a:.3}"));
+            println!(
+                "{} steps, {} completions in {:.0} s; held-out accuracy {} -> {}",
+                s.steps, s.completions, s.wall_s, fmt(s.heldout_before), fmt(s.heldout_after)
+            );
+            let p = s.phase_s;
+            println!(
+                "mean seconds per step: init {:.2}, sample {:.3}, generate {:.2}, reward {:.3}, train {:.2}, sync {:.3}",
+                p[0], p[1], p[2], p[3], p[4], p[5]
+            );
+            println!("wrote {}/{{steps.csv,eval.csv,prompts.csv,rollouts.jsonl,checkpoints/}}", s.out.display());
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
             }
         }
         Command::Reward(c) => cures::reward::cli::run(c)?,

@@ -1,0 +1,11 @@
+//! The policy update: advantages (pure), the PPO + KL loss and the optimiser step (tch).
+
+pub mod advantage;
+pub mod loss;
+pub mod trainer;
+
+pub use advantage::{advantages, AdvantageKind, GroupRewards};
+pub use loss::{ppo_loss, LossConfig};
+pub use trainer::{
+    gradient_class_stats, AdamW, GradRollout, Sample, TrainConfig, Trainer, UpdateStats,
+};

@@ -1,0 +1,258 @@
+//! End to end on the embedded default: warm start a tiny testbed policy, train a few real steps,
+//! check the run directory's CSVs, and check that 2 steps + resume + 2 steps equals 4 steps
+//! straight (posterior, RNG stream, parameters: bitwise on CPU).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn cures(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cures");
+    if !out.status.success() {
+        panic!(
+            "cures {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// A warm-started testbed policy shared by the tests of this file (built once).
+fn policy_dir() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("policy");
+        let d = dir.to_str().expect("utf8 path");
+        cures(&[
+            "sft",
+            "--config",
+            "configs/demo.toml",
+            "--out",
+            d,
+            "--quiet",
+            "--set",
+            "sft.steps=120",
+            "--set",
+            "sft.hidden=64",
+            "--set",
+            "sft.intermediate=128",
+            "--set",
+            "sft.layers=2",
+        ]);
+        (tmp, dir)
+    })
+    .1
+}
+
+fn small_run_args<'a>(model: &'a str, out: &'a str, steps: &'a str) -> Vec<String> {
+    [
+        "run",
+        "--config",
+        "configs/demo.toml",
+        "--out",
+        out,
+        "--quiet",
+        "--set",
+        &format!("model.path={model}"),
+        "--set",
+        "batch.prompts=6",
+        "--set",
+        "batch.budget=24",
+        "--set",
+        "curriculum.n_max=8",
+        "--set",
+        "iterations.subsets=2",
+        "--set",
+        "iterations.steps=3",
+        "--set",
+        "testbed.train_per_level=20",
+        "--set",
+        "testbed.heldout_per_level=4",
+        "--set",
+        "run.eval_every=2",
+        "--set",
+        "run.checkpoint_every=2",
+        "--set",
+        "run.prompts_every=2",
+        "--set",
+        &format!("run.steps={steps}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_with(args: Vec<String>) -> std::process::Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cures(&refs)
+}
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let head: Vec<String> = r
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = r
+        .records()
+        .map(|x| x.expect("row").iter().map(str::to_string).collect())
+        .collect();
+    (head, rows)
+}
+
+#[test]
+fn short_run_writes_consistent_csvs() {
+    let model = policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("run");
+    let o = run_with(small_run_args(model, out.to_str().expect("utf8"), "4"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("4 steps, 96 completions"), "{stdout}");
+
+    let (head, rows) = read_csv(&out.join("steps.csv"));
+    for col in [
+        "step",
+        "iteration",
+        "prompts",
+        "completions",
+        "completion_tokens",
+        "mean_reward",
+        "zero_var_group_frac",
+        "rho_entropy",
+        "loss",
+        "kl",
+        "grad_norm",
+        "sec_sample",
+        "sec_generate",
+        "sec_reward",
+        "sec_train",
+        "sec_sync",
+        "cum_completions",
+        "cum_tokens",
+        "weight_version",
+    ] {
+        assert!(
+            head.iter().any(|h| h == col),
+            "steps.csv lacks {col}: {head:?}"
+        );
+    }
+    let col = |name: &str| head.iter().position(|h| h == name).expect("column");
+    assert_eq!(rows.len(), 4);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r[col("step")], (i + 1).to_string());
+        assert_eq!(
+            r[col("completions")],
+            "24",
+            "completions per step = N exactly"
+        );
+        assert_eq!(r[col("cum_completions")], (24 * (i + 1)).to_string());
+        let reward: f64 = r[col("mean_reward")].parse().expect("reward");
+        assert!((0.0..=1.0).contains(&reward), "reward {reward}");
+        for c in ["loss", "kl", "grad_norm"] {
+            let v: f64 = r[col(c)].parse().expect("number");
+            assert!(v.is_finite(), "{c} = {v}");
+        }
+        assert_eq!(r[col("weight_version")], (i + 1).to_string());
+    }
+    // Iteration 1 starts at step 4 (3 steps per iteration).
+    assert_eq!(rows[3][col("iteration")], "1");
+
+    let (head, rows) = read_csv(&out.join("eval.csv"));
+    assert_eq!(
+        head,
+        [
+            "step",
+            "cum_completions",
+            "benchmark",
+            "problems",
+            "accuracy"
+        ]
+    );
+    let steps: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(steps.into_iter().collect::<Vec<_>>(), ["0", "2", "4"]);
+    assert!(rows.iter().any(|r| r[2] == "heldout/L7"));
+    assert!(rows
+        .iter()
+        .all(|r| r[4].parse::<f64>().is_ok_and(|a| (0.0..=1.0).contains(&a))));
+
+    let (head, rows) = read_csv(&out.join("prompts.csv"));
+    assert!(head.contains(&"p_hat".to_string()) && !rows.is_empty());
+    let lines = std::fs::read_to_string(out.join("rollouts.jsonl")).expect("rollouts");
+    let first: serde_json::Value =
+        serde_json::from_str(lines.lines().next().expect("a line")).expect("json");
+    assert!(first.get("completion").is_some() && first.get("reward").is_some());
+    // The last checkpoint is an HF directory the same loader reads.
+    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).expect("latest");
+    let ck = out.join("checkpoints").join(latest.trim());
+    for f in [
+        "policy/config.json",
+        "policy/model.safetensors",
+        "policy/tokenizer.json",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        assert!(ck.join(f).exists(), "{f} missing in {}", ck.display());
+    }
+    // A second run into the same directory without --resume is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(small_run_args(model, out.to_str().expect("utf8"), "4"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}
+
+#[test]
+fn resume_is_exact() {
+    let model = policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let straight = tmp.path().join("straight");
+    let split = tmp.path().join("split");
+    run_with(small_run_args(model, straight.to_str().expect("utf8"), "4"));
+    run_with(small_run_args(model, split.to_str().expect("utf8"), "2"));
+    let mut args = small_run_args(model, split.to_str().expect("utf8"), "4");
+    args.push("--resume".into());
+    run_with(args);
+
+    let ck = |d: &Path| d.join("checkpoints/step_0000004");
+    // Posterior, RNG state and counters.
+    let state = |d: &Path| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(ck(d).join("state.json")).expect("state"),
+        )
+        .expect("json");
+        serde_json::json!({"curriculum": v["curriculum"], "counters": v["counters"]})
+    };
+    assert_eq!(state(&straight), state(&split));
+    // Parameters and optimiser state, bitwise.
+    for f in [
+        "policy/model.safetensors",
+        "optimizer.safetensors",
+        "reference/model.safetensors",
+    ] {
+        let a = std::fs::read(ck(&straight).join(f)).expect("read");
+        let b = std::fs::read(ck(&split).join(f)).expect("read");
+        assert!(a == b, "{f} differs between straight and resumed runs");
+    }
+    // Same steps.csv apart from timings.
+    let (head, a) = read_csv(&straight.join("steps.csv"));
+    let (_, b) = read_csv(&split.join("steps.csv"));
+    assert_eq!(a.len(), 4);
+    assert_eq!(b.len(), 4);
+    for (ra, rb) in a.iter().zip(&b) {
+        for (k, h) in head.iter().enumerate() {
+            if !h.starts_with("sec_") {
+                assert_eq!(ra[k], rb[k], "column {h}");
+            }
+        }
+    }
+}
