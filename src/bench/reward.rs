@@ -91,7 +91,11 @@ fn answer(r: &mut ChaCha8Rng) -> (&'static str, String, Vec<String>, Vec<String>
                 format!("{a}\\sqrt{{{m}}}"),
                 vec![
                     format!("\\sqrt{{{}}}", a * a * m),
-                    format!("{a} \\sqrt {m}"),
+                    if m < 10 {
+                        format!("{a} \\sqrt {m}")
+                    } else {
+                        format!("{a} \\sqrt{{{m}}}")
+                    },
                 ],
                 vec![
                     format!("{a}\\sqrt{{{}}}", m + 1),
@@ -176,19 +180,29 @@ fn answer(r: &mut ChaCha8Rng) -> (&'static str, String, Vec<String>, Vec<String>
                 format!("x^2 + {}x + {}", a + b, a * b + 1),
             ],
         ),
-        11 => (
-            "equation",
-            format!("y = {a}x + {c}"),
-            vec![format!("{a}x + {c}"), format!("y - {c} = {a}x")],
-            vec![format!("y = {a}x - {c}"), format!("y = {}x + {c}", a + 1)],
-        ),
+        11 => {
+            let c = if c == 0 { 7 } else { c };
+            (
+                "equation",
+                format!("y = {a}x + {c}"),
+                vec![format!("{a}x + {c}"), format!("y - {c} = {a}x")],
+                vec![format!("y = {a}x - {c}"), format!("y = {}x + {c}", a + 1)],
+            )
+        }
         12 => {
             let d = r.random_range(1..400i64);
             let v = d as f64 / 4.0;
             (
                 "decimal",
                 format!("{v}"),
-                vec![format!("\\frac{{{d}}}{{4}}"), format!("{v}0")],
+                vec![
+                    format!("\\frac{{{d}}}{{4}}"),
+                    if d % 4 == 0 {
+                        format!("{v}.0")
+                    } else {
+                        format!("{v}0")
+                    },
+                ],
                 vec![format!("{}", v + 0.01), format!("\\frac{{{d}}}{{5}}")],
             )
         }
