@@ -141,21 +141,7 @@ fn sample_row(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> (usiz
             }
         }
         if p.top_p < 1.0 {
-            let mut idx: Vec<usize> = (0..w.len()).filter(|&i| w[i] > 0.0).collect();
-            idx.sort_unstable_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
-            let total: f32 = idx.iter().map(|&i| w[i]).sum();
-            let mut acc = 0.0;
-            let mut keep = idx.len();
-            for (j, &i) in idx.iter().enumerate() {
-                acc += w[i];
-                if acc >= p.top_p as f32 * total {
-                    keep = j + 1;
-                    break;
-                }
-            }
-            for &i in &idx[keep..] {
-                w[i] = 0.0;
-            }
+            nucleus(&mut w, p.top_p as f32);
         }
         let total: f32 = w.iter().sum();
         let mut u = rng.random::<f32>() * total;
@@ -172,6 +158,45 @@ fn sample_row(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> (usiz
         chosen.unwrap_or(0)
     };
     (tok, logits[tok] - lse)
+}
+
+/// Zero every weight outside the smallest set of most likely tokens whose mass reaches `top_p`
+/// of the total (ties broken by token id). Sorts only a candidate prefix (the 256 largest, then
+/// more) instead of the whole vocabulary.
+fn nucleus(w: &mut [f32], top_p: f32) {
+    let mut idx: Vec<usize> = (0..w.len()).filter(|&i| w[i] > 0.0).collect();
+    let total: f32 = idx.iter().map(|&i| w[i]).sum();
+    let target = top_p * total;
+    let cmp = |a: &usize, b: &usize| w[*b].total_cmp(&w[*a]).then(a.cmp(b));
+    let mut k = 256.min(idx.len());
+    loop {
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, cmp);
+        }
+        idx[..k].sort_unstable_by(cmp);
+        let mut acc = 0.0;
+        let mut keep = None;
+        for (j, &i) in idx[..k].iter().enumerate() {
+            acc += w[i];
+            if acc >= target {
+                keep = Some(j + 1);
+                break;
+            }
+        }
+        match keep {
+            Some(n) => {
+                let kept: Vec<usize> = idx[..n].to_vec();
+                let vals: Vec<f32> = kept.iter().map(|&i| w[i]).collect();
+                w.iter_mut().for_each(|x| *x = 0.0);
+                for (i, v) in kept.into_iter().zip(vals) {
+                    w[i] = v;
+                }
+                return;
+            }
+            None if k == idx.len() => return,
+            None => k = (k * 8).min(idx.len()),
+        }
+    }
 }
 
 /// See [`Policy::generate`].
@@ -408,4 +433,45 @@ fn finish_rows(policy: &Policy, rows: Vec<Row>, p: &SamplingParams) -> Vec<Gener
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nucleus_keeps_the_smallest_top_set() {
+        let mut w = vec![0.1, 0.4, 0.2, 0.3];
+        nucleus(&mut w, 0.65);
+        assert_eq!(w, vec![0.0, 0.4, 0.0, 0.3]);
+        let mut w: Vec<f32> = (0..5000).map(|i| 1.0 + (i % 7) as f32).collect();
+        let total: f32 = w.iter().sum();
+        nucleus(&mut w, 0.9);
+        let kept: f32 = w.iter().sum();
+        assert!(
+            kept >= 0.9 * total * 0.999 && kept < 0.95 * total,
+            "{kept} of {total}"
+        );
+    }
+
+    #[test]
+    fn sampling_respects_top_k_and_greedy() {
+        let logits = vec![0.0f32, 3.0, 1.0, 2.9];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(sample_row(&logits, &greedy, &mut rng).0, 1);
+        let top2 = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
+        for _ in 0..200 {
+            let (t, lp) = sample_row(&logits, &top2, &mut rng);
+            assert!(t == 1 || t == 3);
+            assert!(lp < 0.0);
+        }
+    }
 }
