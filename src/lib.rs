@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod curriculum;
 pub mod data;
+pub mod eval;
 pub mod metrics;
 pub mod policy;
 pub mod reward;

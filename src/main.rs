@@ -55,6 +55,8 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Benchmark accuracy (pass@1, avg@k, pass@k, maj@k) of a checkpoint or a server.
+    Eval(cures::eval::EvalArgs),
     /// Train: CurES (or a baseline strategy) end to end, Algorithm 1.
     Run {
         /// The TOML config.
@@ -313,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Reward(c) => cures::reward::cli::run(c)?,
+        Command::Eval(a) => cures::eval::cli(a, &cli.set)?,
         Command::Bench(BenchCommand::Reward(a)) => {
             cures::bench::reward::main(a).context("bench reward")?
         }
