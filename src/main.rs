@@ -57,6 +57,8 @@ enum Command {
     },
     /// Benchmark accuracy (pass@1, avg@k, pass@k, maj@k) of a checkpoint or a server.
     Eval(cures::eval::EvalArgs),
+    /// Publish a checkpoint to a running inference server (vLLM LoRA / full weights, SGLang).
+    Sync(cures::sync::cli::SyncArgs),
     /// Train: CurES (or a baseline strategy) end to end, Algorithm 1.
     Run {
         /// The TOML config.
@@ -122,6 +124,8 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rollout client overhead: orchestrator CPU per completion vs server generation time.
+    Client(cures::rollout::openai::ClientBenchArgs),
     /// Answer verification throughput and agreement vs Math-Verify.
     Reward(cures::bench::reward::RewardBenchArgs),
     /// Random strings through the verifier: panics (must be 0) and the slowest case.
@@ -315,6 +319,18 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Reward(c) => cures::reward::cli::run(c)?,
+        Command::Sync(a) => cures::sync::cli::run(&a)?,
+        Command::Bench(BenchCommand::Client(a)) => {
+            let r = cures::rollout::openai::bench_client(&a).context("bench client")?;
+            println!(
+                "client overhead ({} completions, {} tokens, {:.1} tokens/s): client CPU {:.3} s over {:.2} s of generation = {:.2}% ({:.3} ms per completion)",
+                r.completions, r.tokens, r.tokens_per_s, r.client_cpu_s, r.wall_s,
+                100.0 * r.overhead_frac, r.client_cpu_ms_per_completion
+            );
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
         Command::Eval(a) => cures::eval::cli(a, &cli.set)?,
         Command::Bench(BenchCommand::Reward(a)) => {
             cures::bench::reward::main(a).context("bench reward")?

@@ -30,8 +30,8 @@ use crate::data::Example;
 use crate::metrics::{write_atomic, write_csv_atomic as write_csv};
 use crate::policy::{parse_kind, ChatMessage, Policy};
 use crate::reward;
-use crate::rollout::{Completion, EmbeddedEngine, RolloutEngine, RolloutRequest};
-use crate::sync::{EmbeddedSync, WeightSync};
+use crate::rollout::{Completion, EmbeddedEngine, EngineKind, RolloutEngine, RolloutRequest};
+use crate::sync::WeightSync;
 use crate::train::{advantages, GradRollout, GroupRewards, Sample, Trainer};
 
 /// One row of `steps.csv` (cures-algorithm.md §9).
@@ -99,6 +99,9 @@ pub struct StepRow {
     pub cum_tokens: u64,
     /// Cumulative pre-rollouts (init stage).
     pub cum_init_completions: u64,
+    /// Completions discarded as staler than `rollout.max_staleness` (and regenerated).
+    #[serde(default)]
+    pub stale_completions: u64,
 }
 
 /// One row of `eval.csv`.
@@ -409,9 +412,14 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         .iter()
         .map(|e| encode_prompt(&policy, &cfg, &e.problem))
         .collect::<Result<_>>()?;
-    let mut engine = EmbeddedEngine::new(&policy);
+    let mut engine = make_engine(&cfg, &policy)?;
     engine.set_weight_version(counters.weight_version);
-    let mut sync = EmbeddedSync;
+    let mut sync = make_sync(&cfg, &dir)?;
+    if sync.transfers() {
+        // The server must sample from exactly the trainer's weights (fresh start or resume).
+        sync.publish(&policy, counters.weight_version)
+            .with_context(|| format!("initial weight sync ({})", sync.name()))?;
+    }
     std::fs::write(files.path("config.toml"), cfg.to_toml())
         .with_context(|| format!("cannot write {}", files.path("config.toml").display()))?;
 
@@ -489,6 +497,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     })
                     .collect();
                 let comps = engine.generate(&requests, &cfg.rollout)?;
+                row.stale_completions += engine.last_stats().stale_completions;
                 let mut succ = vec![0u32; requests.len()];
                 let mut correct = vec![false; comps.len()];
                 for (j, c) in comps.iter().enumerate() {
@@ -547,6 +556,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             plan.completions()
         ));
         let comps = engine.generate(&requests, &cfg.rollout)?;
+        row.stale_completions += engine.last_stats().stale_completions;
         row.sec_generate = t.elapsed().as_secs_f64();
 
         // Score.
@@ -711,6 +721,26 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         wall_s: t_start.elapsed().as_secs_f64(),
         phase_s: phase_sum.map(|s| s / done),
     })
+}
+
+/// The rollout engine `rollout.engine` names: the embedded engine over `policy`, or the
+/// OpenAI-compatible client over `rollout.endpoints` (the policy's tokenizer is its last resort
+/// for servers that return no token ids).
+pub fn make_engine<'a>(cfg: &Config, policy: &'a Policy) -> Result<Box<dyn RolloutEngine + 'a>> {
+    Ok(match cfg.rollout.engine {
+        EngineKind::Embedded => Box::new(EmbeddedEngine::new(policy)),
+        EngineKind::Openai => Box::new(
+            crate::rollout::OpenAiEngine::new(&cfg.rollout, Some(policy.tokenizer().clone()))
+                .context("rollout.engine = \"openai\"")?,
+        ),
+    })
+}
+
+/// The weight sync `rollout.sync` names (checkpoints under `rollout.sync_dir`, else
+/// `<run_dir>/sync`).
+pub fn make_sync(cfg: &Config, run_dir: &Path) -> Result<Box<dyn WeightSync>> {
+    crate::sync::from_config(&cfg.rollout, run_dir)
+        .with_context(|| format!("rollout.sync = {:?}", cfg.rollout.sync))
 }
 
 /// A per-request sampling seed from (run seed, step, request).

@@ -3,9 +3,83 @@
 //! [`WeightSync::publish`] hands version `v` of the weights over; the embedded engine shares the
 //! trainer's tensors in-process, so its sync only records the version.
 
+pub mod cli;
+pub mod http;
+pub mod sglang;
+pub mod vllm;
+
+use std::path::Path;
+use std::time::Duration;
+
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
+use crate::rollout::{EngineKind, RolloutConfig, SyncKind};
+
+pub use sglang::SglangFullSync;
+pub use vllm::{SyncOptions, VllmFullSync, VllmLoraSync};
+
+/// Where the seconds of the last publish went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncTiming {
+    /// Writing the checkpoint / adapter.
+    pub write_s: f64,
+    /// The server calls (reload + version bookkeeping).
+    pub call_s: f64,
+    /// Verification (probe).
+    pub verify_s: f64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// The sync `cfg.sync` names (`auto`: embedded for the embedded engine, none for servers);
+/// server-side checkpoints go under `cfg.sync_dir` or `<run_dir>/sync`.
+pub fn from_config(cfg: &RolloutConfig, run_dir: &Path) -> Result<Box<dyn WeightSync>> {
+    let kind = match (cfg.sync, cfg.engine) {
+        (SyncKind::Auto, EngineKind::Embedded) => SyncKind::Embedded,
+        (SyncKind::Auto, _) => SyncKind::Off,
+        (k, _) => k,
+    };
+    let opts = || -> Result<SyncOptions> {
+        Ok(SyncOptions {
+            dir: if cfg.sync_dir.is_empty() {
+                run_dir.join("sync")
+            } else {
+                Path::new(&cfg.sync_dir).to_path_buf()
+            },
+            keep: cfg.sync_keep,
+            kind: crate::policy::parse_kind(&cfg.sync_dtype)?,
+            verify_tol: cfg.sync_verify_tol,
+            timeout: Duration::from_secs_f64(cfg.request_timeout_s),
+        })
+    };
+    Ok(match kind {
+        SyncKind::Auto | SyncKind::Embedded => Box::new(EmbeddedSync),
+        SyncKind::Off => Box::new(NoSync),
+        SyncKind::VllmFull => Box::new(VllmFullSync::new(&cfg.endpoints, opts()?)?),
+        SyncKind::VllmLora => Box::new(VllmLoraSync::new(&cfg.endpoints, &cfg.lora_name, opts()?)?),
+        SyncKind::SglangFull => Box::new(SglangFullSync::new(&cfg.endpoints, opts()?)?),
+    })
+}
+
+/// Publishes nothing: the server keeps the weights it started with.
+#[derive(Debug, Default)]
+pub struct NoSync;
+
+impl WeightSync for NoSync {
+    fn publish(&mut self, _policy: &Policy, _version: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn transfers(&self) -> bool {
+        false
+    }
+}
 
 /// Hands new weights to whatever generates rollouts.
 pub trait WeightSync {
@@ -13,6 +87,15 @@ pub trait WeightSync {
     fn publish(&mut self, policy: &Policy, version: u64) -> Result<()>;
     /// A short name for logs.
     fn name(&self) -> &'static str;
+    /// Where the last publish's seconds went (server-side syncs).
+    fn last_timing(&self) -> Option<SyncTiming> {
+        None
+    }
+    /// Whether publishing moves weights to another process (so the run publishes its starting
+    /// weights before the first step, and again on resume).
+    fn transfers(&self) -> bool {
+        true
+    }
 }
 
 /// The embedded engine: the weights are shared in-process; nothing to transfer.
@@ -26,5 +109,9 @@ impl WeightSync for EmbeddedSync {
 
     fn name(&self) -> &'static str {
         "embedded"
+    }
+
+    fn transfers(&self) -> bool {
+        false
     }
 }

@@ -1,0 +1,1148 @@
+//! Rollouts from OpenAI-compatible inference servers (vLLM, SGLang, llama.cpp's llama-server)
+//! over `POST /v1/completions` with token-id prompts (see `serving-protocols.md`).
+//!
+//! One HTTP request per prompt carries that prompt's own `n`; servers that return fewer choices
+//! than asked are topped up with further requests (different seeds). Requests are spread over
+//! the configured endpoints by outstanding work, bounded by a global concurrency limit, timed
+//! out, and retried with exponential back-off and jitter on connect errors, timeouts, 5xx, 429
+//! and unparsable replies. An endpoint that keeps failing is taken out and probed back in with
+//! `GET /health`. Every requested completion is accounted for exactly once: a reply is either
+//! accepted whole (surplus choices dropped and counted) or not at all, and only one request per
+//! prompt is in flight at a time.
+//!
+//! The engine owns a small tokio runtime and blocks on it, so the training loop stays sync.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Completion, FinishReason, RolloutConfig, RolloutEngine, RolloutRequest, RolloutStats};
+use crate::config::ConfigError;
+use crate::policy::Tokenizer;
+
+/// How long a health probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a down endpoint is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One inference server (`[[rollout.endpoints]]`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted).
+    pub url: String,
+    /// Model name sent with each request (vLLM: the served model name or a LoRA name; empty =
+    /// the first of `GET /v1/models`).
+    pub model: String,
+    /// API key sent as `Authorization: Bearer` (never written back to disk or logged; prefer
+    /// `api_key_env`).
+    #[serde(skip_serializing)]
+    pub api_key: Option<String>,
+    /// Name of an environment variable holding the API key.
+    pub api_key_env: String,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8000".to_string(),
+            model: String::new(),
+            api_key: None,
+            api_key_env: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_env", &self.api_key_env)
+            .finish()
+    }
+}
+
+impl EndpointConfig {
+    /// An endpoint at `url` with no key and the server's first model.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The base URL without a trailing `/` or `/v1`.
+    pub fn base(&self) -> String {
+        let u = self.url.trim_end_matches('/');
+        u.strip_suffix("/v1").unwrap_or(u).to_string()
+    }
+
+    /// The `Authorization` header value, from `api_key` or the variable `api_key_env` names.
+    pub fn auth_header(&self) -> Result<Option<String>> {
+        if let Some(k) = &self.api_key {
+            return Ok(Some(format!("Bearer {k}")));
+        }
+        if self.api_key_env.is_empty() {
+            return Ok(None);
+        }
+        match std::env::var(&self.api_key_env) {
+            Ok(k) if !k.is_empty() => Ok(Some(format!("Bearer {k}"))),
+            _ => bail!(
+                "endpoint {}: api_key_env names {:?}, which is not set",
+                self.url,
+                self.api_key_env
+            ),
+        }
+    }
+}
+
+/// How new weights reach the rollout engine (`rollout.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncKind {
+    /// `embedded` for the embedded engine, `none` for servers.
+    Auto,
+    /// Nothing is published (the server keeps its weights: off-policy after step 1).
+    #[serde(rename = "none")]
+    Off,
+    /// In-process: the embedded engine shares the trainer's tensors.
+    Embedded,
+    /// vLLM runtime LoRA adapters (`/v1/load_lora_adapter`); the policy must have LoRA enabled.
+    VllmLora,
+    /// vLLM full weights from disk (dev mode: pause → reload_weights → resume).
+    VllmFull,
+    /// SGLang full weights from disk (`/update_weights_from_disk`).
+    SglangFull,
+}
+
+/// Checks of the `openai` engine's keys; errors name the key.
+pub fn validate(cfg: &RolloutConfig) -> Result<(), ConfigError> {
+    let bad = |k: &str, r: String| ConfigError::Invalid {
+        key: format!("rollout.{k}"),
+        reason: r,
+    };
+    let openai = cfg.engine == super::EngineKind::Openai;
+    if openai && cfg.endpoints.is_empty() {
+        return Err(bad(
+            "endpoints",
+            "the openai engine needs at least one server: [[rollout.endpoints]] url = \"http://127.0.0.1:8000\"".into(),
+        ));
+    }
+    for (i, e) in cfg.endpoints.iter().enumerate() {
+        if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+            return Err(bad(
+                &format!("endpoints[{i}].url"),
+                format!("must start with http:// or https://, got {:?}", e.url),
+            ));
+        }
+    }
+    if cfg.max_concurrency == 0 {
+        return Err(bad("max_concurrency", "must be at least 1".into()));
+    }
+    if !(cfg.request_timeout_s.is_finite() && cfg.request_timeout_s > 0.0) {
+        return Err(bad(
+            "request_timeout_s",
+            format!("must be > 0, got {}", cfg.request_timeout_s),
+        ));
+    }
+    if !(cfg.endpoint_down_timeout_s.is_finite() && cfg.endpoint_down_timeout_s >= 0.0) {
+        return Err(bad(
+            "endpoint_down_timeout_s",
+            format!("must be ≥ 0, got {}", cfg.endpoint_down_timeout_s),
+        ));
+    }
+    if cfg.endpoint_failures == 0 {
+        return Err(bad("endpoint_failures", "must be at least 1".into()));
+    }
+    if cfg.sync_keep == 0 {
+        return Err(bad("sync_keep", "must be at least 1".into()));
+    }
+    if crate::policy::parse_kind(&cfg.sync_dtype).is_err() {
+        return Err(bad(
+            "sync_dtype",
+            format!("use bf16, f16 or f32, got {:?}", cfg.sync_dtype),
+        ));
+    }
+    match (cfg.engine, cfg.sync) {
+        (super::EngineKind::Embedded, SyncKind::VllmLora | SyncKind::VllmFull | SyncKind::SglangFull) => {
+            return Err(bad(
+                "sync",
+                format!("{:?} publishes to servers; it needs rollout.engine = \"openai\"", cfg.sync),
+            ))
+        }
+        (super::EngineKind::Openai, SyncKind::Embedded) => {
+            return Err(bad(
+                "sync",
+                "embedded sync only works with the embedded engine (use vllm_full, vllm_lora, sglang_full or none)".into(),
+            ))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One choice of a `/v1/completions` reply, as parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedChoice {
+    /// `index` (prompt-major).
+    pub index: usize,
+    /// Text.
+    pub text: String,
+    /// Token ids (`token_ids`, or the ids of llama-server's logprob entries).
+    pub token_ids: Option<Vec<i64>>,
+    /// The sampled tokens' log-probs (vLLM's `token_logprobs` or llama-server's `content[].logprob`).
+    pub logprobs: Option<Vec<f32>>,
+    /// Stop or length.
+    pub finish_reason: FinishReason,
+    /// Weight version the server reports for this choice (the oldest span's).
+    pub weight_version: Option<u64>,
+}
+
+fn parse_version(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Array(a) => a.iter().filter_map(parse_version).min(),
+        _ => None,
+    }
+}
+
+fn parse_ids(v: &Value, what: &str) -> Result<Vec<i64>> {
+    let arr = v
+        .as_array()
+        .with_context(|| format!("`{what}` is not an array"))?;
+    arr.iter()
+        .enumerate()
+        .map(|(k, t)| {
+            t.as_i64()
+                .with_context(|| format!("`{what}[{k}]` is not an integer: {t}"))
+        })
+        .collect()
+}
+
+/// Parse a `/v1/completions` reply: its choices and the server's weight version (if it reports
+/// one). Accepts vLLM's logprob shape (`logprobs.token_logprobs`) and llama-server's
+/// chat-style shape (`logprobs.content[].logprob`, ids from `content[].id`).
+pub fn parse_completion_response(v: &Value) -> Result<(Vec<ParsedChoice>, Option<u64>)> {
+    let choices = v
+        .get("choices")
+        .and_then(Value::as_array)
+        .with_context(|| {
+            let err = v
+                .get("error")
+                .map(|e| format!(" (error: {e})"))
+                .unwrap_or_default();
+            format!("reply has no `choices` array{err}")
+        })?;
+    let top_version = v
+        .get("weight_version")
+        .or_else(|| v.get("weight_versions"))
+        .and_then(parse_version);
+    let mut out = Vec::with_capacity(choices.len());
+    for (k, c) in choices.iter().enumerate() {
+        let ctx = || format!("choices[{k}]");
+        let index = c
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(k, |i| i as usize);
+        let text = match c.get("text") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => String::new(),
+            Some(other) => bail!("{}: `text` is not a string: {other}", ctx()),
+        };
+        let finish_reason = match c.get("finish_reason").and_then(Value::as_str) {
+            Some("length") | Some("max_tokens") => FinishReason::Length,
+            Some("stop") | Some("eos") | Some("stop_sequence") | Some("end_turn") | None => {
+                FinishReason::Stop
+            }
+            Some(other) => bail!("{}: finish_reason {other:?} (request not completed)", ctx()),
+        };
+        let mut token_ids = match c.get("token_ids") {
+            None | Some(Value::Null) => None,
+            Some(t) => Some(parse_ids(t, "token_ids").with_context(ctx)?),
+        };
+        let mut logprobs = None;
+        if let Some(lp) = c.get("logprobs").filter(|l| !l.is_null()) {
+            if let Some(tl) = lp.get("token_logprobs").and_then(Value::as_array) {
+                let vals: Option<Vec<f32>> =
+                    tl.iter().map(|x| x.as_f64().map(|f| f as f32)).collect();
+                logprobs = vals;
+            } else if let Some(content) = lp.get("content").and_then(Value::as_array) {
+                let mut vals = Vec::with_capacity(content.len());
+                let mut ids = Vec::with_capacity(content.len());
+                for e in content {
+                    vals.push(e.get("logprob").and_then(Value::as_f64).map(|f| f as f32));
+                    ids.push(e.get("id").and_then(Value::as_i64));
+                }
+                logprobs = vals.into_iter().collect();
+                if token_ids.is_none() {
+                    token_ids = ids.into_iter().collect();
+                }
+            }
+        }
+        if token_ids.is_none() {
+            // llama-server's native field.
+            if let Some(t) = c.get("tokens").filter(|t| t.is_array()) {
+                token_ids = parse_ids(t, "tokens").ok();
+            }
+        }
+        let weight_version = c
+            .get("weight_version")
+            .or_else(|| c.get("weight_versions"))
+            .and_then(parse_version)
+            .or(top_version);
+        out.push(ParsedChoice {
+            index,
+            text,
+            token_ids,
+            logprobs,
+            finish_reason,
+            weight_version,
+        });
+    }
+    Ok((out, top_version))
+}
+
+/// A failed request: whether retrying may help, and what happened (names the URL).
+#[derive(Debug)]
+struct ReqError {
+    retryable: bool,
+    msg: String,
+}
+
+fn err_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim();
+    if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: usize,
+    down: bool,
+    probing: bool,
+    last_probe: Option<Instant>,
+    last_error: String,
+    /// `GET /weight_info` answered 404 once: don't ask again.
+    no_weight_info: bool,
+    server_version: Option<u64>,
+}
+
+struct Endpoint {
+    base: String,
+    model: String,
+    auth: Option<String>,
+    outstanding: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+impl Endpoint {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        // A poisoned lock only means another task panicked mid-update; the counters stay usable.
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Opts {
+    max_retries: usize,
+    backoff_ms: u64,
+    backoff_max_ms: u64,
+    endpoint_failures: usize,
+    down_timeout: Duration,
+}
+
+struct Shared {
+    client: reqwest::Client,
+    probe_client: reqwest::Client,
+    endpoints: Vec<Endpoint>,
+    sem: tokio::sync::Semaphore,
+    opts: Opts,
+}
+
+/// Decrements an endpoint's outstanding count when the request ends (or is cancelled).
+struct Outstanding<'a> {
+    ep: &'a Endpoint,
+    n: usize,
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.ep.outstanding.fetch_sub(self.n, Ordering::SeqCst);
+    }
+}
+
+async fn probe(client: &reqwest::Client, ep: &Endpoint) -> Result<(), String> {
+    let url = format!("{}/health", ep.base);
+    let mut rb = client.get(&url);
+    if let Some(a) = &ep.auth {
+        rb = rb.header(reqwest::header::AUTHORIZATION, a);
+    }
+    match rb.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("GET {url}: HTTP {}", r.status())),
+        Err(e) => Err(format!("GET {url}: {}", err_chain(&e))),
+    }
+}
+
+impl Shared {
+    fn backoff(&self, attempt: usize) -> Duration {
+        let base =
+            self.opts.backoff_ms as f64 * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+        let capped = base.min(self.opts.backoff_max_ms as f64);
+        let jitter = 0.5 + rand::random::<f64>();
+        Duration::from_micros((capped * jitter * 1000.0) as u64)
+    }
+
+    fn mark_ok(&self, i: usize) {
+        let mut h = self.endpoints[i].health();
+        h.failures = 0;
+        h.down = false;
+    }
+
+    fn mark_fail(&self, i: usize, msg: &str) {
+        let mut h = self.endpoints[i].health();
+        h.failures += 1;
+        h.last_error = msg.to_string();
+        if h.failures >= self.opts.endpoint_failures && !h.down {
+            h.down = true;
+            h.last_probe = Some(Instant::now());
+            tracing::warn!(
+                "endpoint {} taken out after {} consecutive failures: {msg}",
+                self.endpoints[i].base,
+                h.failures
+            );
+        }
+    }
+
+    /// Probe down endpoints whose last probe is old enough, in the background.
+    fn probe_down(self: &Arc<Self>) {
+        for i in 0..self.endpoints.len() {
+            let due = {
+                let mut h = self.endpoints[i].health();
+                let due = h.down
+                    && !h.probing
+                    && h.last_probe.is_none_or(|t| t.elapsed() >= PROBE_INTERVAL);
+                if due {
+                    h.probing = true;
+                }
+                due
+            };
+            if due {
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let ep = &me.endpoints[i];
+                    let r = probe(&me.probe_client, ep).await;
+                    let mut h = ep.health();
+                    h.probing = false;
+                    h.last_probe = Some(Instant::now());
+                    match r {
+                        Ok(()) => {
+                            tracing::warn!("endpoint {} is back", ep.base);
+                            h.down = false;
+                            h.failures = 0;
+                        }
+                        Err(e) => h.last_error = e,
+                    }
+                });
+            }
+        }
+    }
+
+    /// The healthy endpoint with the least outstanding work (waits for one to come back,
+    /// bounded by `endpoint_down_timeout_s`); reserves `n` completions on it.
+    async fn pick(self: &Arc<Self>, n: usize) -> Result<(usize, Outstanding<'_>), ReqError> {
+        let start = Instant::now();
+        loop {
+            self.probe_down();
+            let best = (0..self.endpoints.len())
+                .filter(|&i| !self.endpoints[i].health().down)
+                .min_by_key(|&i| self.endpoints[i].outstanding.load(Ordering::SeqCst));
+            if let Some(i) = best {
+                let ep = &self.endpoints[i];
+                ep.outstanding.fetch_add(n, Ordering::SeqCst);
+                return Ok((i, Outstanding { ep, n }));
+            }
+            if start.elapsed() >= self.opts.down_timeout {
+                let why: Vec<String> = self
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{} ({})", e.base, e.health().last_error))
+                    .collect();
+                return Err(ReqError {
+                    retryable: false,
+                    msg: format!(
+                        "every endpoint has been down for {:.0} s: {}",
+                        self.opts.down_timeout.as_secs_f64(),
+                        why.join("; ")
+                    ),
+                });
+            }
+            tokio::time::sleep(PROBE_INTERVAL / 2).await;
+        }
+    }
+
+    async fn post(&self, i: usize, body: &Value) -> Result<Value, ReqError> {
+        let ep = &self.endpoints[i];
+        let url = format!("{}/v1/completions", ep.base);
+        let mut rb = self.client.post(&url).json(body);
+        if let Some(a) = &ep.auth {
+            rb = rb.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let resp = rb.send().await.map_err(|e| ReqError {
+            retryable: true,
+            msg: format!(
+                "POST {url}: {}{}",
+                if e.is_timeout() { "timed out: " } else { "" },
+                err_chain(&e)
+            ),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ReqError {
+            retryable: true,
+            msg: format!("POST {url}: reading the reply: {}", err_chain(&e)),
+        })?;
+        if !status.is_success() {
+            let retryable = status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+            return Err(ReqError {
+                retryable,
+                msg: format!("POST {url}: HTTP {status}: {}", snippet(&bytes)),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ReqError {
+            retryable: true,
+            msg: format!(
+                "POST {url}: the reply is not JSON ({e}): {:?}",
+                snippet(&bytes)
+            ),
+        })
+    }
+
+    /// One prompt's request, retried (possibly on other endpoints) until it succeeds or the
+    /// retries are spent.
+    async fn request(self: Arc<Self>, body: Value, n: usize) -> Result<Reply, String> {
+        let mut attempt = 0usize;
+        loop {
+            let res = {
+                let _permit = self
+                    .sem
+                    .acquire()
+                    .await
+                    .map_err(|_| "the request limiter was closed".to_string())?;
+                let (i, _out) = self.pick(n).await.map_err(|e| e.msg)?;
+                let mut b = body.clone();
+                b["model"] = Value::String(self.endpoints[i].model.clone());
+                let r = self.post(i, &b).await.and_then(|v| {
+                    parse_completion_response(&v).map_err(|e| ReqError {
+                        retryable: true,
+                        msg: format!(
+                            "POST {}/v1/completions: bad reply: {e:#}",
+                            self.endpoints[i].base
+                        ),
+                    })
+                });
+                (i, r)
+            };
+            match res {
+                (i, Ok((choices, version))) => {
+                    self.mark_ok(i);
+                    let version = version.or_else(|| self.endpoints[i].health().server_version);
+                    return Ok(Reply {
+                        choices,
+                        version,
+                        retries: attempt as u64,
+                    });
+                }
+                (i, Err(e)) => {
+                    if e.retryable {
+                        self.mark_fail(i, &e.msg);
+                    }
+                    if !e.retryable || attempt >= self.opts.max_retries {
+                        return Err(format!(
+                            "{} (gave up after {} attempt{})",
+                            e.msg,
+                            attempt + 1,
+                            if attempt == 0 { "" } else { "s" }
+                        ));
+                    }
+                    attempt += 1;
+                    tracing::info!("retry {attempt}: {}", e.msg);
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Refresh each endpoint's reported weight version (`GET /weight_info`), where supported.
+    async fn refresh_versions(&self) {
+        let futs = self.endpoints.iter().map(|ep| async move {
+            if ep.health().no_weight_info || ep.health().down {
+                return;
+            }
+            let url = format!("{}/weight_info", ep.base);
+            let mut rb = self.probe_client.get(&url);
+            if let Some(a) = &ep.auth {
+                rb = rb.header(reqwest::header::AUTHORIZATION, a);
+            }
+            match rb.send().await {
+                Ok(r) if r.status().is_success() => {
+                    let v: Option<Value> = r.json().await.ok();
+                    ep.health().server_version = v
+                        .as_ref()
+                        .and_then(|v| v.get("weight_version"))
+                        .and_then(parse_version);
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    ep.health().no_weight_info = true;
+                }
+                _ => {}
+            }
+        });
+        futures_join_all(futs).await;
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    for f in futs.collect::<Vec<_>>() {
+        f.await;
+    }
+}
+
+struct Reply {
+    choices: Vec<ParsedChoice>,
+    version: Option<u64>,
+    retries: u64,
+}
+
+/// Rollouts from OpenAI-compatible servers. See the module docs.
+pub struct OpenAiEngine {
+    /// Taken out while `generate` blocks on it (the async part borrows `self`).
+    rt: Option<tokio::runtime::Runtime>,
+    shared: Arc<Shared>,
+    tokenizer: Option<Tokenizer>,
+    version: u64,
+    max_staleness: u64,
+    stats: RolloutStats,
+}
+
+impl std::fmt::Debug for OpenAiEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiEngine")
+            .field(
+                "endpoints",
+                &self
+                    .shared
+                    .endpoints
+                    .iter()
+                    .map(|e| &e.base)
+                    .collect::<Vec<_>>(),
+            )
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl OpenAiEngine {
+    /// Connect to `cfg.endpoints`: every one must answer `GET /health` (fails fast otherwise);
+    /// empty model names are resolved with `GET /v1/models`. `tokenizer` is the last resort
+    /// for servers that return no token ids.
+    pub fn new(cfg: &RolloutConfig, tokenizer: Option<Tokenizer>) -> Result<Self> {
+        validate(&RolloutConfig {
+            engine: super::EngineKind::Openai,
+            sync: SyncKind::Auto,
+            ..cfg.clone()
+        })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the HTTP client runtime")?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(cfg.request_timeout_s))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(cfg.max_concurrency)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let probe_client = reqwest::Client::builder()
+            .timeout(PROBE_TIMEOUT)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let mut endpoints = Vec::new();
+        for (k, e) in cfg.endpoints.iter().enumerate() {
+            let auth = e
+                .auth_header()
+                .with_context(|| format!("rollout.endpoints[{k}]"))?;
+            endpoints.push(Endpoint {
+                base: e.base(),
+                model: e.model.clone(),
+                auth,
+                outstanding: AtomicUsize::new(0),
+                health: Mutex::new(Health::default()),
+            });
+        }
+        // Fail fast: every endpoint must be up; resolve model names.
+        rt.block_on(async {
+            for ep in &mut endpoints {
+                if let Err(e) = probe(&probe_client, ep).await {
+                    bail!(
+                        "no server at {} ({e}): start one with scripts/serve-vllm.sh MODEL PORT, or fix rollout.endpoints",
+                        ep.base
+                    );
+                }
+                if ep.model.is_empty() {
+                    ep.model = first_model(&probe_client, ep).await?;
+                }
+            }
+            Ok(())
+        })?;
+        let shared = Arc::new(Shared {
+            client,
+            probe_client,
+            endpoints,
+            sem: tokio::sync::Semaphore::new(cfg.max_concurrency),
+            opts: Opts {
+                max_retries: cfg.max_retries,
+                backoff_ms: cfg.backoff_ms,
+                backoff_max_ms: cfg.backoff_max_ms.max(cfg.backoff_ms),
+                endpoint_failures: cfg.endpoint_failures,
+                down_timeout: Duration::from_secs_f64(cfg.endpoint_down_timeout_s),
+            },
+        });
+        Ok(Self {
+            rt: Some(rt),
+            shared,
+            tokenizer,
+            version: 0,
+            max_staleness: cfg.max_staleness,
+            stats: RolloutStats::default(),
+        })
+    }
+
+    /// The endpoints' base URLs.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.shared
+            .endpoints
+            .iter()
+            .map(|e| e.base.clone())
+            .collect()
+    }
+
+    /// The model name sent to endpoint `i`.
+    pub fn model(&self, i: usize) -> Option<&str> {
+        self.shared.endpoints.get(i).map(|e| e.model.as_str())
+    }
+
+    fn body(req: &RolloutRequest, n: usize, seed: u64, s: &RolloutConfig) -> Value {
+        let mut b = json!({
+            "model": "",
+            "prompt": req.prompt_ids,
+            "n": n,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": seed & 0x7fff_ffff,
+            "logprobs": 0,
+            "return_token_ids": true,
+            "stream": false,
+        });
+        if s.top_k > 0 {
+            b["top_k"] = json!(s.top_k);
+        }
+        if !s.stop.is_empty() {
+            b["stop"] = json!(s.stop);
+        }
+        if !s.stop_token_ids.is_empty() {
+            b["stop_token_ids"] = json!(s.stop_token_ids);
+        }
+        b
+    }
+
+    fn to_completion(
+        &mut self,
+        request: usize,
+        c: ParsedChoice,
+        version: u64,
+    ) -> Result<Completion> {
+        let token_ids = match c.token_ids {
+            Some(t) => t,
+            None => {
+                let tok = self.tokenizer.as_ref().with_context(|| {
+                    format!("the server returned no token ids for request {request} and no tokenizer is loaded to fall back on")
+                })?;
+                self.stats.retokenized += 1;
+                tok.encode(&c.text, false)?
+            }
+        };
+        let logprobs = c.logprobs.filter(|l| l.len() == token_ids.len());
+        Ok(Completion {
+            request,
+            token_ids,
+            text: c.text,
+            logprobs,
+            finish_reason: c.finish_reason,
+            weight_version: version,
+        })
+    }
+
+    async fn run(
+        shared: Arc<Shared>,
+        jobs: Vec<(usize, Value, usize)>,
+    ) -> tokio::task::JoinSet<(usize, usize, Result<Reply, String>)> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, body, n) in jobs {
+            let sh = Arc::clone(&shared);
+            set.spawn(async move { (i, n, sh.request(body, n).await) });
+        }
+        set
+    }
+}
+
+async fn first_model(client: &reqwest::Client, ep: &Endpoint) -> Result<String> {
+    let url = format!("{}/v1/models", ep.base);
+    let mut rb = client.get(&url);
+    if let Some(a) = &ep.auth {
+        rb = rb.header(reqwest::header::AUTHORIZATION, a);
+    }
+    let v: Value = rb
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .error_for_status()
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: not JSON"))?;
+    v.get("data")
+        .and_then(|d| d.get(0))
+        .and_then(|m| m.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .with_context(|| {
+            format!("GET {url}: no `data[0].id` in {v}; set rollout.endpoints[].model")
+        })
+}
+
+/// Seed of the `round`-th request for one prompt (round 0 = the request's own seed).
+fn round_seed(seed: u64, round: u64) -> u64 {
+    if round == 0 {
+        return seed;
+    }
+    let mut x = seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^ (x >> 29)
+}
+
+impl RolloutEngine for OpenAiEngine {
+    fn generate(
+        &mut self,
+        requests: &[RolloutRequest],
+        sampling: &RolloutConfig,
+    ) -> Result<Vec<Completion>> {
+        self.stats = RolloutStats::default();
+        let mut have: Vec<Vec<Completion>> = vec![Vec::new(); requests.len()];
+        let mut round = vec![0u64; requests.len()];
+        let mut idle_rounds = vec![0usize; requests.len()];
+        let max_idle = self.shared.opts.max_retries + 3;
+        let jobs: Vec<(usize, Value, usize)> = requests
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.n > 0)
+            .map(|(i, r)| (i, Self::body(r, r.n, r.seed, sampling), r.n))
+            .collect();
+        let shared = Arc::clone(&self.shared);
+        let rt = self
+            .rt
+            .take()
+            .context("openai engine: the HTTP runtime is gone (an earlier call panicked)")?;
+        let result = rt.block_on(async {
+            shared.refresh_versions().await;
+            self.stats.requests += jobs.len() as u64;
+            let mut set = Self::run(Arc::clone(&shared), jobs).await;
+            let mut seen_versions: HashSet<u64> = HashSet::new();
+            while let Some(joined) = set.join_next().await {
+                let (i, asked, reply) = joined.map_err(|e| anyhow!("a rollout task failed: {e}"))?;
+                let reply = reply.map_err(|e| anyhow!("request {i} (n = {asked}): {e}"))?;
+                self.stats.retries += reply.retries;
+                self.stats.requests += reply.retries;
+                let need = requests[i].n - have[i].len();
+                let mut accepted = 0usize;
+                let got = reply.choices.len();
+                for c in reply.choices {
+                    if accepted == need {
+                        break;
+                    }
+                    let v = c.weight_version.or(reply.version).unwrap_or(self.version);
+                    seen_versions.insert(v);
+                    if v.saturating_add(self.max_staleness) < self.version {
+                        self.stats.stale_completions += 1;
+                        continue;
+                    }
+                    let comp = self.to_completion(i, c, v)?;
+                    have[i].push(comp);
+                    accepted += 1;
+                }
+                self.stats.surplus += got.saturating_sub(need) as u64;
+                if have[i].len() < requests[i].n {
+                    idle_rounds[i] = if accepted == 0 { idle_rounds[i] + 1 } else { 0 };
+                    if idle_rounds[i] > max_idle {
+                        bail!(
+                            "request {i}: {} of {} completions after {} requests; the servers return no (fresh) choices (weight versions seen: {:?}, trainer at {})",
+                            have[i].len(),
+                            requests[i].n,
+                            round[i] + 1,
+                            seen_versions,
+                            self.version
+                        );
+                    }
+                    round[i] += 1;
+                    self.stats.topups += 1;
+                    self.stats.requests += 1;
+                    let left = requests[i].n - have[i].len();
+                    let body = Self::body(&requests[i], left, round_seed(requests[i].seed, round[i]), sampling);
+                    let sh = Arc::clone(&shared);
+                    set.spawn(async move { (i, left, sh.request(body, left).await) });
+                }
+            }
+            Ok(())
+        });
+        self.rt = Some(rt);
+        result?;
+        let out: Vec<Completion> = have.into_iter().flatten().collect();
+        let expected: usize = requests.iter().map(|r| r.n).sum();
+        if out.len() != expected {
+            bail!(
+                "openai engine: {} completions, {} requested",
+                out.len(),
+                expected
+            );
+        }
+        Ok(out)
+    }
+
+    fn weight_version(&self) -> u64 {
+        self.version
+    }
+
+    fn set_weight_version(&mut self, v: u64) {
+        self.version = v;
+    }
+
+    fn last_stats(&self) -> RolloutStats {
+        self.stats
+    }
+}
+
+/// CPU seconds (user + system) this process has used so far (Linux `/proc/self/stat`; 0
+/// elsewhere). Resolution: one clock tick (10 ms).
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the `(comm)` part; utime and stime are fields 14 and 15 (1-based).
+    let Some(rest) = s.rfind(')').map(|p| &s[p + 1..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |k: usize| f.get(k).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vllm_shape() {
+        let v = json!({"choices": [
+            {"index": 0, "text": " 4", "token_ids": [230, 2], "finish_reason": "stop",
+             "logprobs": {"tokens": [" 4", "<|im_end|>"], "token_logprobs": [-0.5, -0.1]}},
+            {"index": 1, "text": " 5", "token_ids": [231], "finish_reason": "length",
+             "logprobs": null}
+        ], "usage": {"prompt_tokens": 3}});
+        let (c, ver) = parse_completion_response(&v).unwrap();
+        assert_eq!(ver, None);
+        assert_eq!(c[0].token_ids, Some(vec![230, 2]));
+        assert_eq!(c[0].logprobs, Some(vec![-0.5, -0.1]));
+        assert_eq!(c[1].finish_reason, FinishReason::Length);
+        assert_eq!(c[1].logprobs, None);
+    }
+
+    #[test]
+    fn parses_llama_server_shape() {
+        let v = json!({"choices": [
+            {"index": 0, "text": "hi", "finish_reason": "stop",
+             "logprobs": {"content": [{"id": 17, "token": "h", "logprob": -1.0, "bytes": [104]},
+                                      {"id": 18, "token": "i", "logprob": -2.0}]}}
+        ], "weight_version": "7"});
+        let (c, ver) = parse_completion_response(&v).unwrap();
+        assert_eq!(ver, Some(7));
+        assert_eq!(c[0].token_ids, Some(vec![17, 18]));
+        assert_eq!(c[0].logprobs, Some(vec![-1.0, -2.0]));
+        assert_eq!(c[0].weight_version, Some(7));
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        for v in [
+            json!(null),
+            json!({"choices": 3}),
+            json!({"choices": [{"text": 5}]}),
+            json!({"choices": [{"token_ids": ["a"]}]}),
+            json!({"choices": [{"finish_reason": "abort"}]}),
+            json!({"error": {"message": "boom"}}),
+        ] {
+            assert!(parse_completion_response(&v).is_err(), "{v}");
+        }
+    }
+
+    #[test]
+    fn debug_redacts_key() {
+        let e = EndpointConfig {
+            api_key: Some("sk-secret".into()),
+            ..EndpointConfig::new("http://x")
+        };
+        assert!(!format!("{e:?}").contains("sk-secret"));
+        let toml = toml::to_string(&e).unwrap();
+        assert!(!toml.contains("sk-secret"));
+        assert_eq!(
+            e.auth_header().unwrap().as_deref(),
+            Some("Bearer sk-secret")
+        );
+    }
+
+    #[test]
+    fn base_strips_v1() {
+        assert_eq!(EndpointConfig::new("http://a:1/v1/").base(), "http://a:1");
+    }
+}
+
+/// Arguments of `cures bench client`.
+#[derive(Debug, clap::Args)]
+pub struct ClientBenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub endpoint: String,
+    /// Model directory whose tokenizer (and chat template) encodes the prompts.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Prompts per call.
+    #[arg(long, default_value_t = 16)]
+    pub prompts: usize,
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Completion tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Timed calls.
+    #[arg(long, default_value_t = 3)]
+    pub calls: usize,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `cures bench client` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientBench {
+    /// Completions over all timed calls.
+    pub completions: usize,
+    /// Completion tokens.
+    pub tokens: usize,
+    /// Wall seconds of the timed `generate` calls (≈ server generation time).
+    pub wall_s: f64,
+    /// CPU seconds this (orchestrator) process used during them.
+    pub client_cpu_s: f64,
+    /// Client CPU per completion, ms.
+    pub client_cpu_ms_per_completion: f64,
+    /// Client CPU / wall (target ≤ 3%).
+    pub overhead_frac: f64,
+    /// Completion tokens per wall second.
+    pub tokens_per_s: f64,
+}
+
+/// Client overhead: orchestrator CPU time vs the wall time the server spends generating.
+pub fn bench_client(a: &ClientBenchArgs) -> Result<ClientBench> {
+    let tok = Tokenizer::load(&a.model, &[], None)
+        .with_context(|| format!("--model {}", a.model.display()))?;
+    let cfg = RolloutConfig {
+        engine: super::EngineKind::Openai,
+        endpoints: vec![EndpointConfig::new(&a.endpoint)],
+        max_tokens: a.max_tokens,
+        temperature: 1.0,
+        ..RolloutConfig::default()
+    };
+    let mut engine = OpenAiEngine::new(&cfg, Some(tok.clone()))?;
+    let requests: Vec<RolloutRequest> = (0..a.prompts)
+        .map(|i| {
+            let q = format!(
+                "What is {} plus {}? Think step by step.",
+                17 + i,
+                25 + 3 * i
+            );
+            let ids = if tok.chat_template().is_some() {
+                tok.encode_chat(&[crate::policy::ChatMessage::new("user", &q)], true)
+            } else {
+                tok.encode(&q, true)
+            }?;
+            Ok(RolloutRequest {
+                prompt_ids: ids,
+                n: a.n,
+                seed: i as u64,
+            })
+        })
+        .collect::<Result<_>>()?;
+    engine.generate(&requests[..1.min(requests.len())], &cfg)?; // warm-up
+    let (mut wall, mut cpu, mut comps, mut tokens) = (0.0, 0.0, 0, 0);
+    for call in 0..a.calls {
+        let reqs: Vec<RolloutRequest> = requests
+            .iter()
+            .map(|r| RolloutRequest {
+                seed: r.seed + 1000 * (call as u64 + 1),
+                ..r.clone()
+            })
+            .collect();
+        let c0 = process_cpu_seconds();
+        let t = Instant::now();
+        let out = engine.generate(&reqs, &cfg)?;
+        wall += t.elapsed().as_secs_f64();
+        cpu += process_cpu_seconds() - c0;
+        comps += out.len();
+        tokens += out.iter().map(|c| c.token_ids.len()).sum::<usize>();
+    }
+    Ok(ClientBench {
+        completions: comps,
+        tokens,
+        wall_s: wall,
+        client_cpu_s: cpu,
+        client_cpu_ms_per_completion: 1e3 * cpu / comps.max(1) as f64,
+        overhead_frac: cpu / wall.max(1e-9),
+        tokens_per_s: tokens as f64 / wall.max(1e-9),
+    })
+}
