@@ -408,3 +408,37 @@ fn export_for_python() {
         println!("exported {}", d.display());
     }
 }
+
+#[test]
+fn random_init_model_saves_and_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = Policy::load(&fixture("tiny-llama"), Device::Cpu, Kind::Float).unwrap();
+    let tok = cures::policy::Tokenizer::from_parts(
+        base.tokenizer().inner().clone(),
+        vec![2],
+        Some(0),
+        base.tokenizer().chat_template().cloned(),
+        vec![],
+    );
+    let cfg = base.config().clone();
+    let p = Policy::from_config_random(cfg, tok, 7, Device::Cpu, Kind::Float).unwrap();
+    let q = Policy::from_config_random(
+        p.config().clone(),
+        p.tokenizer().clone(),
+        7,
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let ids = [5i64, 9, 13, 200];
+    assert!(
+        rel_err(&logits_one(&p, &ids), &logits_one(&q, &ids)) == 0.0,
+        "seeded init"
+    );
+    p.save_hf(&tmp.path().join("fresh"), Kind::Float, usize::MAX)
+        .unwrap();
+    let r = Policy::load(&tmp.path().join("fresh"), Device::Cpu, Kind::Float).unwrap();
+    assert!(rel_err(&logits_one(&r, &ids), &logits_one(&p, &ids)) <= 1e-6);
+    assert_eq!(r.tokenizer().eos_ids(), &[2]);
+    assert!(r.tokenizer().chat_template().is_some());
+}

@@ -40,6 +40,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -227,10 +230,26 @@ impl Policy {
             .get("initializer_range")
             .and_then(|v| v.as_f64())
             .unwrap_or(0.02);
-        tch::manual_seed(seed as i64);
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
-        let model = Transformer::new(&vs.root(), &cfg, WeightInit::Random { std });
+        // Zeros/ones first, then fill from a seeded host RNG (deterministic, and independent
+        // of libtorch's global generator that other threads may use).
+        let model = Transformer::new(&vs.root(), &cfg, WeightInit::ForLoad);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, std as f32).context("initializer_range")?;
+        tch::no_grad(|| -> Result<()> {
+            for (name, t) in model.named_tensors(false) {
+                if name.ends_with("norm.weight") || name.ends_with(".bias") {
+                    continue;
+                }
+                let vals: Vec<f32> = (0..t.numel()).map(|_| normal.sample(&mut rng)).collect();
+                let src = Tensor::from_slice(&vals).view(t.size().as_slice());
+                t.shallow_clone()
+                    .f_copy_(&src)
+                    .with_context(|| format!("initialising {name}"))?;
+            }
+            Ok(())
+        })?;
         Ok(Policy {
             cfg,
             tok: tokenizer,
@@ -473,7 +492,7 @@ impl Policy {
             bail!("LoRA is already enabled (merge_lora first)");
         }
         let targets = cfg.normalised_targets()?;
-        tch::manual_seed(seed as i64);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut lvs = VarStore::new(self.device);
         lvs.set_kind(self.kind);
         let root = lvs.root() / "base_model" / "model" / "model" / "layers";
@@ -492,14 +511,14 @@ impl Policy {
                 let (out_dim, in_dim) = (lin.weight.size()[0], lin.weight.size()[1]);
                 // PEFT: kaiming_uniform_(a = sqrt(5)) → bound = 1 / sqrt(in).
                 let bound = 1.0 / (in_dim as f64).sqrt();
-                let a = (&p / "lora_A").var(
-                    "weight",
-                    &[cfg.r, in_dim],
-                    tch::nn::Init::Uniform {
-                        lo: -bound,
-                        up: bound,
-                    },
-                );
+                let a = (&p / "lora_A").var("weight", &[cfg.r, in_dim], tch::nn::Init::Const(0.));
+                let vals: Vec<f32> = (0..cfg.r * in_dim)
+                    .map(|_| rng.random_range(-bound as f32..bound as f32))
+                    .collect();
+                tch::no_grad(|| {
+                    a.shallow_clone()
+                        .copy_(&Tensor::from_slice(&vals).view([cfg.r, in_dim]))
+                });
                 let b = (&p / "lora_B").var("weight", &[out_dim, cfg.r], tch::nn::Init::Const(0.));
                 lin.lora = Some(model::LoraAdapter { a, b, scale });
             }

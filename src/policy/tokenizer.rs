@@ -404,10 +404,54 @@ impl Tokenizer {
         self.encode(&text, false)
     }
     /// Write the tokenizer files this tokenizer was loaded from into `dir`.
+    /// A tokenizer built in code without files gets `tokenizer.json` serialised from the
+    /// tokenizer and a `generation_config.json` with its EOS/pad ids.
     pub fn save(&self, dir: &Path) -> Result<()> {
         for (name, bytes) in &self.files {
             let p = dir.join(name);
             std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        }
+        let has = |n: &str| self.files.iter().any(|(f, _)| f == n);
+        if !has("tokenizer.json") {
+            let p = dir.join("tokenizer.json");
+            let text = self
+                .inner
+                .to_string(true)
+                .map_err(|e| anyhow!("serialising tokenizer: {e}"))?;
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        }
+        if !has("generation_config.json") {
+            let p = dir.join("generation_config.json");
+            let mut g = serde_json::Map::new();
+            match self.eos_ids.as_slice() {
+                [] => {}
+                [one] => {
+                    g.insert("eos_token_id".into(), (*one).into());
+                }
+                many => {
+                    g.insert("eos_token_id".into(), many.to_vec().into());
+                }
+            }
+            if let Some(pad) = self.pad_id {
+                g.insert("pad_token_id".into(), pad.into());
+            }
+            if let Some(bos) = self.bos_id {
+                g.insert("bos_token_id".into(), bos.into());
+            }
+            std::fs::write(&p, serde_json::to_string_pretty(&g)?)
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        if !has("tokenizer_config.json") {
+            if let Some(chat) = &self.chat {
+                let p = dir.join("tokenizer_config.json");
+                let mut c = serde_json::Map::new();
+                c.insert("chat_template".into(), chat.source.clone().into());
+                for (k, v) in &chat.specials {
+                    c.insert(k.clone(), v.clone().into());
+                }
+                std::fs::write(&p, serde_json::to_string_pretty(&c)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
         }
         Ok(())
     }
