@@ -12,6 +12,7 @@ pub mod curriculum;
 pub mod data;
 pub mod eval;
 pub mod metrics;
+pub mod plot;
 pub mod policy;
 pub mod reward;
 pub mod rollout;

@@ -57,6 +57,8 @@ enum Command {
     },
     /// Benchmark accuracy (pass@1, avg@k, pass@k, maj@k) of a checkpoint or a server.
     Eval(cures::eval::EvalArgs),
+    /// Charts (PNG + SVG) of run directories: accuracy, reward, allocation, ρ, p̂, phase times.
+    Plot(cures::plot::PlotArgs),
     /// Publish a checkpoint to a running inference server (vLLM LoRA / full weights, SGLang).
     Sync(cures::sync::cli::SyncArgs),
     /// Train: CurES (or a baseline strategy) end to end, Algorithm 1.
@@ -332,6 +334,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Eval(a) => cures::eval::cli(a, &cli.set)?,
+        Command::Plot(a) => cures::plot::cli(&a)?,
         Command::Bench(BenchCommand::Reward(a)) => {
             cures::bench::reward::main(a).context("bench reward")?
         }
