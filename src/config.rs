@@ -200,8 +200,8 @@ pub struct SftConfig {
     pub batch: usize,
     /// Peak learning rate (cosine decay to 10%).
     pub lr: f64,
-    /// Share of each level's training problems used for warm start, easiest level first
-    /// (the levels beyond the list use its last value). Controls the difficulty spread.
+    /// Relative weight of each level among the warm-start problems, easiest level first (the
+    /// levels beyond the list use its last value). Controls the difficulty spread before RL.
     pub level_share: Vec<f64>,
     /// Seed.
     pub seed: u64,
@@ -540,6 +540,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.train.validate()?;
         self.rollout.validate()?;
+        self.reward
+            .validate()
+            .map_err(|e| invalid("reward", e.to_string()))?;
         for (k, v) in [
             ("model.dtype", &self.model.dtype),
             ("model.save_dtype", &self.model.save_dtype),

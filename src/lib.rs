@@ -19,6 +19,7 @@ pub mod rollout;
 pub mod run;
 pub mod sft;
 pub mod simulate;
+pub mod study;
 pub mod sync;
 pub mod testbed;
 pub mod train;

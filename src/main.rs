@@ -59,6 +59,25 @@ enum Command {
     Eval(cures::eval::EvalArgs),
     /// Charts (PNG + SVG) of run directories: accuracy, reward, allocation, ρ, p̂, phase times.
     Plot(cures::plot::PlotArgs),
+    /// The learning-efficiency study: CurES vs GRPO, Speed-RL, GVM and CurES ablations on the
+    /// CPU testbed, several seeds each; resumes where it stopped.
+    Study {
+        /// Study config (base of every run).
+        #[arg(long, default_value = "configs/study.toml")]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "results/study")]
+        out: PathBuf,
+        /// Seeds per setting.
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
+        /// Only these settings (comma-separated names, e.g. grpo,cures).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// No per-step lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Publish a checkpoint to a running inference server (vLLM LoRA / full weights, SGLang).
     Sync(cures::sync::cli::SyncArgs),
     /// Train: CurES (or a baseline strategy) end to end, Algorithm 1.
@@ -290,6 +309,36 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }
+        }
+        Command::Study {
+            config,
+            out,
+            seeds,
+            only,
+            quiet,
+        } => {
+            let rows = cures::study::study(&cures::study::StudyOptions {
+                config,
+                set: cli.set.clone(),
+                out: out.clone(),
+                seeds,
+                only,
+                quiet,
+            })?;
+            let f = |x: Option<f64>| x.map_or("never".to_string(), |v| format!("{v:.0}"));
+            println!(
+                "{:<22} {:>5} {:>14} {:>10} {:>10} {:>9} {:>9} {:>8}",
+                "method", "seeds", "to GRPO final", "min", "max", "final", "vs GRPO", "wall s"
+            );
+            for r in &rows {
+                println!(
+                    "{:<22} {:>5} {:>14} {:>10} {:>10} {:>9.3} {:>+9.1} {:>8.0}",
+                    r.method, r.seeds, f(r.completions_to_grpo_final_median),
+                    f(r.completions_to_grpo_final_min), f(r.completions_to_grpo_final_max),
+                    r.final_acc_median, r.delta_vs_grpo_points, r.wall_s
+                );
+            }
+            println!("wrote {}/{{summary.csv,curves.csv,runs/}}", out.display());
         }
         Command::Run {
             config,

@@ -898,7 +898,7 @@ fn save_checkpoint(
     }
     std::fs::rename(&tmp, &dst)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
-    write_lines(&root.join("latest"), &[name.clone()])?;
+    write_lines(&root.join("latest"), std::slice::from_ref(&name))?;
     // Prune old checkpoints.
     let mut all: Vec<String> = std::fs::read_dir(&root)?
         .filter_map(|e| e.ok())

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rand_distr::Distribution;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -29,7 +29,7 @@ pub struct SftReport {
     pub out: PathBuf,
     /// Parameters.
     pub params: i64,
-    /// Training sequences.
+    /// Training sequences seen (fresh problems, with repeats).
     pub examples: usize,
     /// Final mean token loss.
     pub final_loss: f64,
@@ -84,36 +84,42 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
     tch::set_num_threads(tch::get_num_threads().max(1));
     let policy = Policy::from_config_random(mcfg, tok, s.seed, Device::Cpu, Kind::Float)?;
 
-    // Training pairs: a share of each level, easiest levels fully.
+    // Training pairs are drawn fresh every step (so the policy learns the operations, not a
+    // list of answers): a level by `level_share` weight, then a random problem of that level
+    // that is not in the held-out set.
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-    let mut seqs: Vec<(Vec<i64>, Vec<i64>)> = Vec::new();
-    for (li, _) in cfg.testbed.levels.iter().enumerate() {
-        let share = s
-            .level_share
-            .get(li)
-            .or(s.level_share.last())
-            .copied()
-            .unwrap_or(1.0)
-            .clamp(0.0, 1.0);
-        let level = li as u32 + 1;
-        let mut ex: Vec<_> = tb.train.iter().filter(|e| e.level == Some(level)).collect();
-        ex.shuffle(&mut rng);
-        let take = (ex.len() as f64 * share).round() as usize;
-        for e in ex.into_iter().take(take) {
+    let weights: Vec<f64> = (0..cfg.testbed.levels.len())
+        .map(|li| {
+            s.level_share
+                .get(li)
+                .or(s.level_share.last())
+                .copied()
+                .unwrap_or(1.0)
+                .max(0.0)
+        })
+        .collect();
+    let pick = rand_distr::weighted::WeightedIndex::new(&weights)
+        .map_err(|e| anyhow::anyhow!("sft.level_share: {e}"))?;
+    let heldout: std::collections::HashSet<&str> =
+        tb.heldout.iter().map(|e| e.problem.as_str()).collect();
+    let draw = |rng: &mut ChaCha8Rng| -> Result<(Vec<i64>, Vec<i64>)> {
+        loop {
+            let level = cfg.testbed.levels[pick.sample(rng)];
+            let (problem, answer) = level.draw(rng);
+            if heldout.contains(problem.as_str()) {
+                continue;
+            }
             let p = policy
                 .tokenizer()
-                .encode(&testbed::prompt(&e.problem), true)?;
+                .encode(&testbed::prompt(&problem), true)?;
             let mut c = policy
                 .tokenizer()
-                .encode(&testbed::target(&e.answer), false)?;
+                .encode(&testbed::target(&answer.to_string()), false)?;
             c.push(2);
-            seqs.push((p, c));
+            return Ok((p, c));
         }
-    }
-    anyhow::ensure!(
-        !seqs.is_empty(),
-        "sft.level_share selects no training problem"
-    );
+    };
+    let mut examples = 0usize;
 
     let tcfg = TrainConfig {
         lr: s.lr,
@@ -122,22 +128,16 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
     };
     let mut opt = AdamW::new(policy.trainable_var_store());
     let bar = crate::metrics::progress_bar(s.steps as u64, "sft", !quiet);
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    let mut cursor = order.len();
     let mut ema = f64::NAN;
     for step in 0..s.steps {
         // Cosine decay from lr to lr/10.
         let frac = step as f64 / s.steps.max(1) as f64;
         let lr = s.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos()));
-        let mut batch = Vec::with_capacity(s.batch);
-        while batch.len() < s.batch {
-            if cursor == order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
-            }
-            batch.push(&seqs[order[cursor]]);
-            cursor += 1;
-        }
+        let seqs: Vec<(Vec<i64>, Vec<i64>)> = (0..s.batch)
+            .map(|_| draw(&mut rng))
+            .collect::<Result<_>>()?;
+        examples += seqs.len();
+        let batch: Vec<&(Vec<i64>, Vec<i64>)> = seqs.iter().collect();
         opt.zero_grad();
         let lps = policy.logprobs_batch(&batch)?;
         let logp = Tensor::cat(&lps.iter().map(|l| &l.logprobs).collect::<Vec<_>>(), 0);
@@ -166,7 +166,7 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
     Ok(SftReport {
         out,
         params,
-        examples: seqs.len(),
+        examples,
         final_loss: ema,
         heldout_by_level: by_level.into_iter().map(|(n, _, a)| (n, a)).collect(),
         wall_s: t0.elapsed().as_secs_f64(),

@@ -92,11 +92,11 @@ pub fn ppo_loss(x: &LossInputs<'_>, cfg: &LossConfig) -> LossOutput {
         let kl_t = kl.sum(Kind::Float);
         kl_sum = kl_t.double_value(&[]);
         if cfg.kl_coef != 0.0 {
-            total = total + kl_t * cfg.kl_coef;
+            total += kl_t * cfg.kl_coef;
         }
     }
     if let (Some(h), true) = (x.entropy, cfg.entropy_coef != 0.0) {
-        total = total - (h * &mask).sum(Kind::Float) * cfg.entropy_coef;
+        total -= (h * &mask).sum(Kind::Float) * cfg.entropy_coef;
     }
     LossOutput {
         sum: total,

@@ -100,7 +100,11 @@ impl TrainConfig {
                 return Err(bad(k, format!("must lie in [0, 1), got {v}")));
             }
         }
-        if !(self.eps > 0.0) || !self.weight_decay.is_finite() || self.weight_decay < 0.0 {
+        if self.eps.is_nan()
+            || self.eps <= 0.0
+            || !self.weight_decay.is_finite()
+            || self.weight_decay < 0.0
+        {
             return Err(bad("eps", "eps must be > 0 and weight_decay ≥ 0".into()));
         }
         if self.grad_clip.is_nan() || self.grad_clip < 0.0 {
