@@ -358,6 +358,9 @@ struct Endpoint {
     model: String,
     auth: Option<String>,
     outstanding: AtomicUsize,
+    /// `logprobs` sent: 0 (only the sampled token's); raised to 1 for servers that return
+    /// nothing for 0 (llama-server), whose chat-style entries then also carry the token ids.
+    logprobs_k: AtomicUsize,
     health: Mutex<Health>,
 }
 
@@ -558,6 +561,8 @@ impl Shared {
                 let (i, _out) = self.pick(n).await.map_err(|e| e.msg)?;
                 let mut b = body.clone();
                 b["model"] = Value::String(self.endpoints[i].model.clone());
+                let k = self.endpoints[i].logprobs_k.load(Ordering::SeqCst);
+                b["logprobs"] = json!(k);
                 let r = self.post(i, &b).await.and_then(|v| {
                     parse_completion_response(&v).map_err(|e| ReqError {
                         retryable: true,
@@ -570,6 +575,21 @@ impl Shared {
                 (i, r)
             };
             match res {
+                (i, Ok((choices, _)))
+                    if !choices.is_empty()
+                        && choices
+                            .iter()
+                            .all(|c| c.token_ids.is_none() && c.logprobs.is_none())
+                        && self.endpoints[i].logprobs_k.load(Ordering::SeqCst) == 0 =>
+                {
+                    // No ids and no log-probs for `logprobs: 0`: ask this endpoint for 1 from
+                    // now on and resend (the reply is discarded whole, so nothing is counted).
+                    self.endpoints[i].logprobs_k.store(1, Ordering::SeqCst);
+                    tracing::info!(
+                        "{}: no token ids or log-probs for logprobs = 0; using logprobs = 1",
+                        self.endpoints[i].base
+                    );
+                }
                 (i, Ok((choices, version))) => {
                     self.mark_ok(i);
                     let version = version.or_else(|| self.endpoints[i].health().server_version);
@@ -686,6 +706,9 @@ impl OpenAiEngine {
             .timeout(Duration::from_secs_f64(cfg.request_timeout_s))
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(cfg.max_concurrency)
+            // Below uvicorn's 5 s keep-alive, so a training step's pause doesn't leave pooled
+            // connections the server has already closed.
+            .pool_idle_timeout(Duration::from_secs(3))
             .build()
             .context("cannot build the HTTP client")?;
         let probe_client = reqwest::Client::builder()
@@ -702,6 +725,7 @@ impl OpenAiEngine {
                 model: e.model.clone(),
                 auth,
                 outstanding: AtomicUsize::new(0),
+                logprobs_k: AtomicUsize::new(0),
                 health: Mutex::new(Health::default()),
             });
         }

@@ -64,6 +64,9 @@ impl Admin {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
+            // Admin calls are rare: a pooled connection the server has since closed (uvicorn's
+            // keep-alive is 5 s) would fail a non-retryable /pause or reload.
+            .pool_max_idle_per_host(0)
             .build()
             .context("cannot build the HTTP client")?;
         let targets = endpoints
