@@ -218,55 +218,43 @@ fn vllm_cpu_contract() {
 
     // 4. `cures run` with vLLM as the engine (full-weight sync every step).
     let out = tmp.path().join("run");
-    let bin = env!("CARGO_BIN_EXE_cures");
+    // In-process (the shared target directory's binary may be rebuilt by others meanwhile).
     let t = Instant::now();
-    let o = Command::new(bin)
-        .args(["run", "--quiet", "--out"])
-        .arg(&out)
-        .args([
-            "--set",
-            &format!("model.path={}", model.display()),
-            "--set",
-            "model.device=cpu",
-            "--set",
-            "data.eval=[]",
-            "--set",
-            "batch.prompts=2",
-            "--set",
-            "batch.budget=4",
-            "--set",
-            "curriculum.strategy=grpo",
-            "--set",
-            "iterations.subsets=1",
-            "--set",
-            "iterations.steps=2",
-            "--set",
-            "iterations.init_rollouts=0",
-            "--set",
-            "run.steps=2",
-            "--set",
-            "train.kl_coef=0",
-            "--set",
-            "reward.fallback_last_number=true",
-            "--set",
-            "rollout.engine=openai",
-            "--set",
-            "rollout.chat=true",
-            "--set",
-            "rollout.max_tokens=24",
-            "--set",
-            "rollout.sync=vllm_full",
-            "--set",
-            &format!("rollout.endpoints=[{{url = \"{url}\", model = \"smol\"}}]"),
-        ])
-        .output()
-        .expect("cures run");
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "cures run failed:\n{stdout}\n{stderr}");
+    let sets: Vec<String> = [
+        format!("model.path={}", model.display()),
+        "model.device=cpu".into(),
+        "data.eval=[]".into(),
+        "batch.prompts=2".into(),
+        "batch.budget=4".into(),
+        "curriculum.strategy=grpo".into(),
+        "iterations.subsets=1".into(),
+        "iterations.steps=2".into(),
+        "iterations.init_rollouts=0".into(),
+        "run.steps=2".into(),
+        "train.kl_coef=0".into(),
+        "reward.fallback_last_number=true".into(),
+        "rollout.engine=openai".into(),
+        "rollout.chat=true".into(),
+        "rollout.max_tokens=24".into(),
+        "rollout.sync=vllm_full".into(),
+        format!("rollout.endpoints=[{{url = \"{url}\", model = \"smol\"}}]"),
+    ]
+    .into_iter()
+    .collect();
+    let config = cures::config::Config::from_toml_str("", "<server_vllm>", &sets).expect("config");
+    let summary = cures::run::run(cures::run::RunOptions {
+        config,
+        out: Some(out.clone()),
+        resume: false,
+        quiet: true,
+    })
+    .expect("cures run with the vLLM engine");
     eprintln!(
-        "cures run (2 steps, vLLM engine) in {:.1} s:\n{stdout}",
-        t.elapsed().as_secs_f64()
+        "cures run (2 steps, vLLM engine, full sync each step) in {:.1} s; mean s/step: generate {:.2}, train {:.2}, sync {:.2}",
+        t.elapsed().as_secs_f64(),
+        summary.phase_s[2],
+        summary.phase_s[4],
+        summary.phase_s[5]
     );
     let steps = std::fs::read_to_string(out.join("steps.csv")).expect("steps.csv");
     assert_eq!(steps.lines().count(), 3, "{steps}");

@@ -572,15 +572,14 @@ impl Shared {
                         ),
                     })
                 });
-                (i, r)
+                (i, k, r)
             };
             match res {
-                (i, Ok((choices, _)))
+                (i, 0, Ok((choices, _)))
                     if !choices.is_empty()
                         && choices
                             .iter()
-                            .all(|c| c.token_ids.is_none() && c.logprobs.is_none())
-                        && self.endpoints[i].logprobs_k.load(Ordering::SeqCst) == 0 =>
+                            .all(|c| c.token_ids.is_none() && c.logprobs.is_none()) =>
                 {
                     // No ids and no log-probs for `logprobs: 0`: ask this endpoint for 1 from
                     // now on and resend (the reply is discarded whole, so nothing is counted).
@@ -590,7 +589,7 @@ impl Shared {
                         self.endpoints[i].base
                     );
                 }
-                (i, Ok((choices, version))) => {
+                (i, _, Ok((choices, version))) => {
                     self.mark_ok(i);
                     let version = version.or_else(|| self.endpoints[i].health().server_version);
                     return Ok(Reply {
@@ -599,7 +598,7 @@ impl Shared {
                         retries: attempt as u64,
                     });
                 }
-                (i, Err(e)) => {
+                (i, _, Err(e)) => {
                     if e.retryable {
                         self.mark_fail(i, &e.msg);
                     }
