@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-server from the source vendored in the PyPI sdist llama-cpp-python==0.3.36
+# Build llama.cpp's llama-server (and llama-quantize) from the source vendored in the PyPI sdist llama-cpp-python==0.3.36
 # with CMake + Ninja from PyPI (no other network). Result: ~/.cache/cures/llama-server/bin/llama-server
 # (override the cache with CURES_CACHE). Idempotent; prints the binary path last. ~5.5 min on 2 cores.
+# Note: on Xeons with AMX (this machine class, under a VM) start it with --no-repack: the AMX
+# weight repacking segfaults during warm-up.
 set -euo pipefail
 CACHE="${CURES_CACHE:-$HOME/.cache/cures}"
 ROOT="$CACHE/llama-server"
 BIN="$ROOT/bin/llama-server"
-if [[ -x "$BIN" ]]; then
+if [[ -x "$BIN" && -x "$ROOT/bin/llama-quantize" ]]; then
   echo "build-llama-server: already built" >&2
   echo "$BIN"
   exit 0
@@ -29,6 +31,7 @@ export PATH="$TOOLS/bin:$PATH"
 cmake -S "$SRC" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >&2
-cmake --build "$ROOT/build" --target llama-server -j"${JOBS:-2}" >&2
+cmake --build "$ROOT/build" --target llama-server llama-quantize -j"${JOBS:-2}" >&2
 cp "$ROOT/build/bin/llama-server" "$BIN"
+cp "$ROOT/build/bin/llama-quantize" "$ROOT/bin/llama-quantize"
 echo "$BIN"

@@ -44,3 +44,10 @@ PYEOF
 fi
 "$PY" "$HERE/smollm2_gguf_to_hf.py" "$GGUF" "$TOK" "$OUT" >&2
 echo "$OUT"
+# To re-record tests/fixtures/policy/smollm2_llama_server.json (server log-probs):
+#   LS=$(scripts/build-llama-server.sh); Q=$(dirname "$LS")/llama-quantize
+#   D=~/.cache/cures/downloads/smollm2
+#   $Q --allow-requantize $D/SmolLM2-135M-Instruct.Q4_1.gguf $D/SmolLM2-135M-Instruct.F32.gguf F32
+#   $(scripts/bench/setup-venv.sh) scripts/smollm2-server-logprobs.py "$LS" \
+#     $D/SmolLM2-135M-Instruct.Q4_1.gguf $D/SmolLM2-135M-Instruct.F32.gguf "$OUT" \
+#     tests/fixtures/policy/smollm2_llama_server.json
