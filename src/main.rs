@@ -147,6 +147,31 @@ enum BenchCommand {
     },
     /// Rollout client overhead: orchestrator CPU per completion vs server generation time.
     Client(cures::rollout::openai::ClientBenchArgs),
+    /// Every figure in one table (curriculum, reward, train step, generation, checkpoint write,
+    /// client overhead), each side by side with its reference.
+    All {
+        /// OpenAI-compatible server for the client-overhead row.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Model directory whose tokenizer encodes the client bench prompts.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Smaller sizes, for a quick check.
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object (the rows) as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checkpoint write (HF safetensors, fsync) vs dd of the same bytes.
+    Checkpoint {
+        /// Repetitions.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Answer verification throughput and agreement vs Math-Verify.
     Reward(cures::bench::reward::RewardBenchArgs),
     /// Random strings through the verifier: panics (must be 0) and the slowest case.
@@ -371,6 +396,36 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Reward(c) => cures::reward::cli::run(c)?,
         Command::Sync(a) => cures::sync::cli::run(&a)?,
+        Command::Bench(BenchCommand::All {
+            endpoint,
+            model,
+            quick,
+            json,
+        }) => {
+            let rows = cures::bench::all::run(&cures::bench::all::AllOptions {
+                endpoint,
+                model,
+                quick,
+            })?;
+            cures::bench::all::print(&rows);
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            }
+        }
+        Command::Bench(BenchCommand::Checkpoint { reps, json }) => {
+            let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+            let r = cures::bench::checkpoint::run(dir.path(), reps)?;
+            println!(
+                "checkpoint write: {:.1} MB in {:.3} s (cures save_hf) vs {} (dd conv=fsync): ratio {}",
+                r.bytes as f64 / 1e6,
+                r.cures_s,
+                r.dd_s.map_or("n/a".to_string(), |d| format!("{d:.3} s")),
+                r.ratio.map_or("n/a".to_string(), |x| format!("{x:.2}"))
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
         Command::Bench(BenchCommand::Client(a)) => {
             let r = cures::rollout::openai::bench_client(&a).context("bench client")?;
             println!(

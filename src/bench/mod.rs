@@ -2,6 +2,8 @@
 //! the same run and reported as a ratio. A reference that cannot run is reported as `null`
 //! with the reason on stderr, never skipped silently.
 
+pub mod all;
+pub mod checkpoint;
 pub mod curriculum;
 pub mod reward;
 pub mod train_step;

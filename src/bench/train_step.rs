@@ -68,7 +68,8 @@ fn bench_tokenizer() -> Result<Tokenizer> {
     Ok(Tokenizer::from_parts(inner, vec![], Some(0), None, vec![]))
 }
 
-fn bench_policy() -> Result<Policy> {
+/// The bench model (random init).
+pub fn bench_policy() -> Result<Policy> {
     Policy::from_config_random(
         bench_config(),
         bench_tokenizer()?,
