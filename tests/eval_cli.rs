@@ -205,17 +205,35 @@ fn eval_testbed_policy_end_to_end() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bad.jsonl:2"), "{err}");
+    // Server path: the tokenizer is required; an unreachable server fails fast and says where.
+    let b = bench.to_str().unwrap();
+    let x = tmp.path().join("x");
+    let x = x.to_str().unwrap();
     let o = cures(&[
         "eval",
         "--endpoint",
         "http://127.0.0.1:9",
         "--bench",
-        bench.to_str().unwrap(),
+        b,
         "--quiet",
         "--out",
-        tmp.path().join("x").to_str().unwrap(),
+        x,
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("--endpoint"), "{err}");
+    assert!(!o.status.success() && err.contains("--tokenizer"), "{err}");
+    let o = cures(&[
+        "eval",
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "--bench",
+        b,
+        "--quiet",
+        "--out",
+        x,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("127.0.0.1:9"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }

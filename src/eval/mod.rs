@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::policy::{parse_kind, ChatMessage, Policy};
+use crate::policy::{parse_kind, ChatMessage, ModelConfig, Policy, Tokenizer};
 use crate::reward::{self, extract, normalize, RewardConfig};
 use crate::rollout::{EmbeddedEngine, RolloutConfig, RolloutEngine, RolloutRequest};
 
@@ -106,8 +106,8 @@ impl PromptTemplate {
         let v: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", p.display()))?;
         let qwen = v.get("model_type").and_then(|m| m.as_str()) == Some("qwen2");
-        Ok(Self::builtin(if qwen { "qwen25-math-cot" } else { "raw" })
-            .context("built-in template missing")?)
+        Self::builtin(if qwen { "qwen25-math-cot" } else { "raw" })
+            .context("built-in template missing")
     }
 
     /// The prompt text of a problem (before the chat template, when `chat`).
@@ -115,10 +115,9 @@ impl PromptTemplate {
         self.text.replace("{problem}", problem)
     }
 
-    /// Token ids of a problem's prompt with `policy`'s tokenizer.
-    pub fn encode(&self, policy: &Policy, problem: &str) -> Result<Vec<i64>> {
+    /// Token ids of a problem's prompt.
+    pub fn encode(&self, tok: &Tokenizer, problem: &str) -> Result<Vec<i64>> {
         let text = self.render(problem);
-        let tok = policy.tokenizer();
         if self.chat {
             tok.encode_chat(&[ChatMessage::new("user", &text)], true)
         } else {
@@ -374,8 +373,10 @@ pub fn evaluate_bench(
 pub struct EvalOptions {
     /// HF checkpoint directory (embedded engine).
     pub model: Option<PathBuf>,
-    /// OpenAI-compatible server (`--endpoint`).
-    pub endpoint: Option<String>,
+    /// OpenAI-compatible servers (`--endpoint`, repeatable).
+    pub endpoints: Vec<String>,
+    /// HF directory whose tokenizer encodes prompts for the servers (default: `model`).
+    pub tokenizer: Option<PathBuf>,
     /// Benchmark files (or `testbed`).
     pub benches: Vec<String>,
     /// Samples per problem.
@@ -496,36 +497,64 @@ pub fn run(opts: EvalOptions) -> Result<EvalSummary> {
         PathBuf::from("results/eval").join(name)
     });
 
-    let (model_dir, endpoint) = (opts.model.as_ref(), opts.endpoint.as_ref());
-    match (model_dir, endpoint) {
-        (Some(_), Some(_)) => bail!("pass either --model or --endpoint, not both"),
-        (None, None) => bail!("pass --model DIR (embedded engine) or --endpoint URL (server)"),
-        (None, Some(url)) => bail!(
-            "--endpoint {url}: evaluation through an OpenAI-compatible server is not available yet \
-             (the server rollout engine is not part of this build); use --model DIR"
-        ),
-        (Some(_), None) => {}
-    }
-    let dir = model_dir.context("--model")?;
-    let template = match (&opts.template, &opts.config) {
-        (Some(t), _) => PromptTemplate::parse(t)?,
-        (None, Some(c)) => PromptTemplate::from_rollout(&c.rollout),
-        (None, None) => PromptTemplate::default_for_model(dir)?,
+    let template_for = |dir: &Path| -> Result<PromptTemplate> {
+        match (&opts.template, &opts.config) {
+            (Some(t), _) => PromptTemplate::parse(t),
+            (None, Some(c)) => Ok(PromptTemplate::from_rollout(&c.rollout)),
+            (None, None) => PromptTemplate::default_for_model(dir),
+        }
     };
-    let device = crate::run::device_of(&cfg);
-    let kind = parse_kind(&cfg.model.dtype)?;
-    let policy =
-        Policy::load(dir, device, kind).with_context(|| format!("--model {}", dir.display()))?;
-    let mut engine = EmbeddedEngine::new(&policy);
-    let encode = |p: &str| template.encode(&policy, p);
-    let rows_records = evaluate_all(
-        &mut engine,
-        &encode,
-        &benches,
-        &template.name,
-        &settings,
-        opts.quiet,
-    )?;
+    let rows_records = if !opts.endpoints.is_empty() {
+        // Servers: prompts are encoded here (token-id prompts), with the served model's tokenizer.
+        let dir = opts.tokenizer.as_ref().or(opts.model.as_ref()).context(
+            "--endpoint needs --tokenizer DIR: the served model's HF directory (tokenizer.json, \
+             config.json), to encode prompts exactly as the model expects",
+        )?;
+        let template = template_for(dir)?;
+        let tokenizer = load_tokenizer(dir)?;
+        let mut r = settings.sampling.clone();
+        r.engine = crate::rollout::EngineKind::Openai;
+        r.endpoints = opts
+            .endpoints
+            .iter()
+            .map(|u| crate::rollout::EndpointConfig::new(u))
+            .collect();
+        let mut engine = crate::rollout::OpenAiEngine::new(&r, Some(tokenizer.clone()))
+            .with_context(|| format!("--endpoint {}", opts.endpoints.join(" ")))?;
+        let encode = |p: &str| template.encode(&tokenizer, p);
+        let settings = EvalSettings {
+            sampling: r,
+            ..settings.clone()
+        };
+        evaluate_all(
+            &mut engine,
+            &encode,
+            &benches,
+            &template.name,
+            &settings,
+            opts.quiet,
+        )?
+    } else {
+        let dir = opts
+            .model
+            .as_ref()
+            .context("pass --model DIR (embedded engine) or --endpoint URL (server)")?;
+        let template = template_for(dir)?;
+        let device = crate::run::device_of(&cfg);
+        let kind = parse_kind(&cfg.model.dtype)?;
+        let policy = Policy::load(dir, device, kind)
+            .with_context(|| format!("--model {}", dir.display()))?;
+        let mut engine = EmbeddedEngine::new(&policy);
+        let encode = |p: &str| template.encode(policy.tokenizer(), p);
+        evaluate_all(
+            &mut engine,
+            &encode,
+            &benches,
+            &template.name,
+            &settings,
+            opts.quiet,
+        )?
+    };
     let (rows, records): (Vec<BenchRow>, Vec<Vec<ProblemRecord>>) =
         rows_records.into_iter().unzip();
     let records: Vec<ProblemRecord> = records.into_iter().flatten().collect();
@@ -535,6 +564,21 @@ pub fn run(opts: EvalOptions) -> Result<EvalSummary> {
         rows,
         wall_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The tokenizer of an HF directory (EOS and pad ids from its config.json when present).
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let (eos, pad) = if dir.join("config.json").exists() {
+        let c = ModelConfig::load(dir)?;
+        let pad = c
+            .pad_token_id
+            .as_ref()
+            .and_then(|p| p.to_vec().first().copied());
+        (c.eos_ids(), pad)
+    } else {
+        (Vec::new(), None)
+    };
+    Tokenizer::load(dir, &eos, pad).with_context(|| format!("tokenizer of {}", dir.display()))
 }
 
 /// Every benchmark through `engine`, with one progress bar over all problems.
@@ -575,11 +619,20 @@ pub fn evaluate_all(
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// HF checkpoint directory, run with the embedded engine.
-    #[arg(long, conflicts_with = "endpoint")]
+    #[arg(
+        long,
+        required_unless_present = "endpoint",
+        conflicts_with = "endpoint"
+    )]
     pub model: Option<PathBuf>,
-    /// OpenAI-compatible server URL (not available yet).
+    /// OpenAI-compatible server base URL, e.g. http://127.0.0.1:8000 (repeatable: requests
+    /// are balanced over them).
     #[arg(long)]
-    pub endpoint: Option<String>,
+    pub endpoint: Vec<String>,
+    /// With --endpoint: the served model's HF directory, whose tokenizer encodes the prompts
+    /// (and whose config.json picks the default template).
+    #[arg(long, requires = "endpoint")]
+    pub tokenizer: Option<PathBuf>,
     /// Benchmark files (JSONL/CSV; GSM8K, MATH, AIME/AMC layouts) or `testbed`.
     #[arg(long = "bench", required = true, num_args = 1..)]
     pub bench: Vec<String>,
@@ -631,7 +684,8 @@ pub fn cli(args: EvalArgs, set: &[String]) -> Result<()> {
     };
     let s = run(EvalOptions {
         model: args.model,
-        endpoint: args.endpoint,
+        endpoints: args.endpoint,
+        tokenizer: args.tokenizer,
         benches: args.bench,
         k: args.k,
         temperature: args.temperature,
@@ -744,8 +798,10 @@ mod tests {
         };
         let mut engine = Fake { answers };
         let encode = |p: &str| Ok(vec![p.parse::<i64>()?]);
-        let mut sampling = RolloutConfig::default();
-        sampling.temperature = 1.0;
+        let sampling = RolloutConfig {
+            temperature: 1.0,
+            ..RolloutConfig::default()
+        };
         let s = EvalSettings {
             k: 4,
             sampling,
@@ -782,6 +838,22 @@ mod tests {
     }
 
     #[test]
+    fn shipped_qwen_configs_use_the_cot_template() {
+        for size in ["1.5b", "7b"] {
+            for strategy in ["grpo", "cures"] {
+                let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(format!("configs/qwen2.5-math-{size}-{strategy}.toml"));
+                let c = Config::load(&p, &[]).unwrap();
+                assert_eq!(
+                    PromptTemplate::from_rollout(&c.rollout).name,
+                    "qwen25-math-cot"
+                );
+                assert_eq!(c.batch.budget / c.batch.prompts, 8);
+            }
+        }
+    }
+
+    #[test]
     fn templates() {
         let t = PromptTemplate::parse("qwen25-math-cot").unwrap();
         assert_eq!(
@@ -799,8 +871,10 @@ mod tests {
             "Q: x\nA:"
         );
         assert!(PromptTemplate::parse("nope").is_err());
-        let mut r = RolloutConfig::default();
-        r.prompt_template = "{problem}=".into();
+        let r = RolloutConfig {
+            prompt_template: "{problem}=".into(),
+            ..RolloutConfig::default()
+        };
         assert_eq!(PromptTemplate::from_rollout(&r).name, "testbed");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), r#"{"model_type": "qwen2"}"#).unwrap();

@@ -25,6 +25,15 @@ use plotters::prelude::*;
 
 pub use data::{Run, Table};
 
+/// Points of a line: (x, y).
+type Series = Vec<(f64, f64)>;
+/// One run's accuracy: (step, completions, accuracy).
+type AccuracyPoints = Vec<(f64, f64, f64)>;
+/// A panel of histograms: (title part, [(traced step, values)]).
+type HistPanel = (String, Vec<(u64, Vec<f64>)>);
+/// A panel of stacked phases: (run, steps, one column of seconds per phase).
+type PhasePanel = (String, Vec<f64>, Vec<Vec<f64>>);
+
 /// Chart size in pixels (PNG) / user units (SVG).
 const W: u32 = 1100;
 const H: u32 = 680;
@@ -140,15 +149,15 @@ pub fn plot(run_dirs: &[PathBuf], out: &Path) -> Result<PlotSummary> {
     }
     match bench {
         Some(b) => {
-            let series: Vec<(String, Vec<(f64, f64, f64)>)> = runs
+            let series: Vec<(String, AccuracyPoints)> = runs
                 .iter()
                 .map(|r| Ok((r.name.clone(), r.accuracy(&b)?)))
                 .collect::<Result<_>>()?;
-            let by_step: Vec<(String, Vec<(f64, f64)>)> = series
+            let by_step: Vec<(String, Series)> = series
                 .iter()
                 .map(|(n, v)| (n.clone(), v.iter().map(|p| (p.0, p.2)).collect()))
                 .collect();
-            let by_comp: Vec<(String, Vec<(f64, f64)>)> = series
+            let by_comp: Vec<(String, Series)> = series
                 .iter()
                 .map(|(n, v)| (n.clone(), v.iter().map(|p| (p.1, p.2)).collect()))
                 .collect();
@@ -382,7 +391,7 @@ fn lines<DB: DrawingBackend>(
     title: &str,
     x_desc: &str,
     y_desc: &str,
-    series: &[(String, Vec<(f64, f64)>)],
+    series: &[(String, Series)],
     unit_y: bool,
 ) -> Result<()> {
     let (x0, x1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)), 0.03);
@@ -426,8 +435,8 @@ fn lines<DB: DrawingBackend>(
 
 fn reward_and_zero_var<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    reward: &[(String, Vec<(f64, f64)>)],
-    zero: &[(String, Vec<(f64, f64)>)],
+    reward: &[(String, Series)],
+    zero: &[(String, Series)],
 ) -> Result<()> {
     let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 / 2);
     lines(
@@ -453,7 +462,7 @@ fn reward_and_zero_var<DB: DrawingBackend>(
 
 fn n_vs_p_hat<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    series: &[(String, Vec<(f64, f64)>)],
+    series: &[(String, Series)],
 ) -> Result<()> {
     let (_, y1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)), 0.1);
     let mut chart = ChartBuilder::on(root)
@@ -590,7 +599,7 @@ fn rho_hist<DB: DrawingBackend>(
 
 fn p_hat_over_time<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    panels: &[(String, Vec<(u64, Vec<f64>)>)],
+    panels: &[HistPanel],
 ) -> Result<()> {
     let areas = root.split_evenly((panels.len().max(1), 1));
     for (area, (name, hists)) in areas.iter().zip(panels) {
@@ -626,7 +635,7 @@ fn p_hat_over_time<DB: DrawingBackend>(
 
 fn phase_seconds<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    panels: &[(String, Vec<f64>, Vec<Vec<f64>>)],
+    panels: &[PhasePanel],
     phases: &[&str],
 ) -> Result<()> {
     let areas = root.split_evenly((panels.len().max(1), 1));
