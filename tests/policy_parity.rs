@@ -442,3 +442,44 @@ fn random_init_model_saves_and_reloads() {
     assert_eq!(r.tokenizer().eos_ids(), &[2]);
     assert!(r.tokenizer().chat_template().is_some());
 }
+
+#[test]
+fn policy_is_send() {
+    // tch tensors are Send but not Sync: move a Policy to a worker thread, or share it behind
+    // a Mutex.
+    fn assert_send<T: Send>() {}
+    assert_send::<Policy>();
+}
+
+#[test]
+fn bf16_generation_and_stop_strings() {
+    let dir = fixture("tiny-qwen2");
+    let p = Policy::load(&dir, Device::Cpu, Kind::BFloat16).unwrap();
+    let r = Reference::load(&dir);
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let g = p.generate(&r.prompts, &params).unwrap();
+    assert_eq!(g.len(), r.prompts.len());
+    // Greedy bf16 starts like greedy f32 on at least one prompt (rounding may flip later ties).
+    assert!(g
+        .iter()
+        .zip(&r.greedy)
+        .any(|(a, b)| a.token_ids.first() == b.first()));
+    // Stop strings: cut the text where the string starts; tokens are kept up to the match.
+    let f = Policy::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let full = &f.generate(&r.prompts[..1], &params).unwrap()[0];
+    let stop: String = full.text.chars().skip(3).take(2).collect();
+    let cut = full.text.find(&stop).unwrap();
+    let params = SamplingParams {
+        stop_strings: vec![stop.clone()],
+        ..params
+    };
+    let s = &f.generate(&r.prompts[..1], &params).unwrap()[0];
+    assert_eq!(s.finish_reason, cures::policy::FinishReason::Stop);
+    assert_eq!(s.text, full.text[..cut], "stop {stop:?}");
+    assert!(s.token_ids.len() < full.token_ids.len());
+    assert_eq!(s.token_ids[..], full.token_ids[..s.token_ids.len()]);
+}

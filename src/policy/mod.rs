@@ -28,6 +28,12 @@
 //! - [`Policy::save_hf`]`(dir, kind, max_shard_bytes)`: atomic (tmp dir + rename) HF checkpoint
 //!   with LoRA merged in; [`Policy::enable_lora`], [`Policy::save_lora`] (PEFT layout),
 //!   [`Policy::load_lora`], [`Policy::merge_lora`].
+//!
+//! `Policy` is `Send` but not `Sync` (tch tensors are not): give it to one worker thread or
+//! share it behind a `Mutex`. Reference fixtures and how to regenerate them:
+//! `scripts/make-tiny-models.py` (tiny Qwen2/Llama vs transformers, chat templates, `verify`
+//! of checkpoints written by cures in transformers + peft); `scripts/fetch-smollm2.sh` (real
+//! model, then `CURES_SMOLLM2_DIR=... cargo test --release --test policy_smollm2`).
 
 pub mod cli;
 pub mod config;
