@@ -621,7 +621,11 @@ impl Shared {
     /// Refresh each endpoint's reported weight version (`GET /weight_info`), where supported.
     async fn refresh_versions(&self) {
         let futs = self.endpoints.iter().map(|ep| async move {
-            if ep.health().no_weight_info || ep.health().down {
+            let skip = {
+                let h = ep.health();
+                h.no_weight_info || h.down
+            };
+            if skip {
                 return;
             }
             let url = format!("{}/weight_info", ep.base);
@@ -640,7 +644,8 @@ impl Shared {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
                     ep.health().no_weight_info = true;
                 }
-                _ => {}
+                // Unknown now: tag with the version the orchestrator published.
+                _ => ep.health().server_version = None,
             }
         });
         futures_join_all(futs).await;
@@ -712,6 +717,8 @@ impl OpenAiEngine {
             .context("cannot build the HTTP client")?;
         let probe_client = reqwest::Client::builder()
             .timeout(PROBE_TIMEOUT)
+            // Rare calls: never reuse a connection the server may have closed meanwhile.
+            .pool_max_idle_per_host(0)
             .build()
             .context("cannot build the HTTP client")?;
         let mut endpoints = Vec::new();
@@ -805,7 +812,7 @@ impl OpenAiEngine {
         b
     }
 
-    fn to_completion(
+    fn make_completion(
         &mut self,
         request: usize,
         c: ParsedChoice,
@@ -926,7 +933,7 @@ impl RolloutEngine for OpenAiEngine {
                         self.stats.stale_completions += 1;
                         continue;
                     }
-                    let comp = self.to_completion(i, c, v)?;
+                    let comp = self.make_completion(i, c, v)?;
                     have[i].push(comp);
                     accepted += 1;
                 }

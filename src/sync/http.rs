@@ -211,7 +211,8 @@ pub fn verify_probe(
     let prompt = probe_prompt(policy)?;
     let (tok, served) = admin.probe_logprob(t, model, &prompt)?;
     let ours = trainer_logprob(policy, &prompt, tok)?;
-    if !((served - ours).abs() <= tol) {
+    let diff = (served - ours).abs();
+    if diff.is_nan() || diff > tol {
         bail!(
             "{} ({model}) does not serve the published weights: probe token {tok} has log-prob {served:.4} there, {ours:.4} in the trainer (tolerance {tol}); the reload did not take effect",
             t.base
