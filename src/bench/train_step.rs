@@ -84,8 +84,9 @@ fn random_ids(b: usize, t: usize, vocab: i64) -> Tensor {
     Tensor::randint(vocab, [b as i64, t as i64], (Kind::Int64, Device::Cpu))
 }
 
-/// One cures training step: logits → log_softmax → gather → mean → backward; zero grads.
-fn cures_step(p: &Policy, ids: &Tensor, mask: &Tensor) {
+/// One cures training step: logits → log_softmax → gather → mean → backward; then
+/// `Optimizer::zero_grad` (libtorch sets the grads to none, like PyTorch's default).
+fn cures_step(p: &Policy, opt: &mut tch::nn::Optimizer, ids: &Tensor, mask: &Tensor) {
     let t = ids.size()[1];
     let logits = p.forward(ids, mask);
     let lp = logits
@@ -95,12 +96,7 @@ fn cures_step(p: &Policy, ids: &Tensor, mask: &Tensor) {
     let tg = ids.narrow(1, 1, t - 1).unsqueeze(-1);
     let loss = -lp.gather(-1, &tg, false).mean(Kind::Float);
     loss.backward();
-    for v in p.trainable_var_store().trainable_variables() {
-        let mut g = v.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
+    opt.zero_grad();
 }
 
 fn run_reference(b: &TrainStepBench, threads: i32) -> Result<f64, String> {
@@ -153,10 +149,13 @@ pub fn run_train_step(b: &TrainStepBench) -> Result<TrainStepResult> {
     let p = bench_policy()?;
     let ids = random_ids(b.batch, b.seq, bench_config().vocab_size);
     let mask = ids.ones_like();
+    let mut opt =
+        tch::nn::OptimizerConfig::build(tch::nn::Sgd::default(), p.trainable_var_store(), 0.0)
+            .context("building the optimiser")?;
     let mut times = Vec::new();
     for i in 0..b.steps + 2 {
         let t0 = Instant::now();
-        cures_step(&p, &ids, &mask);
+        cures_step(&p, &mut opt, &ids, &mask);
         if i >= 2 {
             times.push(t0.elapsed().as_secs_f64());
         }

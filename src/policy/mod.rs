@@ -323,10 +323,9 @@ impl Policy {
         let m = attention_mask.to_device(self.device);
         if m.all().int64_value(&[]) != 0 {
             // No padding: plain causal attention (faster kernels, no mask tensor).
-            let (b, t) = (ids.size()[0], ids.size()[1]);
-            let pos = Tensor::arange(t, (Kind::Int64, self.device))
-                .unsqueeze(0)
-                .expand([b, t], false);
+            // Positions [1, T] broadcast over the batch (RoPE tables computed once).
+            let t = ids.size()[1];
+            let pos = Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0);
             return self.model.forward_hidden(&ids, &pos, None, None);
         }
         let pos = positions_from_mask(&m);
