@@ -241,7 +241,12 @@ pub fn generate(
     };
     let mut chunks: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new()]; // (prompt, first sample, count)
     let mut rows_in = 0usize;
-    for (i, &n) in counts.iter().enumerate() {
+    // Prompts of similar length share chunks (less left-padding); each row has its own RNG, so
+    // the order does not change the samples. Output is put back in prompt-major order.
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    for i in order {
+        let n = counts[i];
         let mut s = 0;
         while s < n {
             if rows_in == max_batch {
@@ -263,6 +268,7 @@ pub fn generate(
         }
         Ok(())
     })?;
+    out.sort_by_key(|g| (g.prompt_index, g.sample_index));
     Ok(out)
 }
 
