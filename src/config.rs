@@ -154,6 +154,10 @@ pub struct RunConfig {
     pub out: Option<String>,
     /// Held-out evaluation every k steps (and before the first and after the last; 0 = never).
     pub eval_every: usize,
+    /// Sampling temperature of the held-out evaluation (0 = greedy pass@1).
+    pub eval_temperature: f64,
+    /// Samples per held-out problem when `eval_temperature` > 0 (accuracy = mean, avg@k).
+    pub eval_samples: usize,
     /// Checkpoint every k steps (and at the end; 0 = only at the end).
     pub checkpoint_every: usize,
     /// Per-prompt posterior trace every k steps (0 = only at the end).
@@ -170,6 +174,8 @@ impl Default for RunConfig {
             steps: None,
             out: None,
             eval_every: 10,
+            eval_temperature: 0.0,
+            eval_samples: 1,
             checkpoint_every: 10,
             prompts_every: 10,
             log_rollouts: 8,
@@ -218,8 +224,8 @@ impl Default for SftConfig {
             intermediate: 384,
             steps: 1500,
             batch: 64,
-            lr: 3e-3,
-            level_share: vec![1.0],
+            lr: 2e-3,
+            level_share: vec![4.0, 4.0, 3.0, 2.0, 0.5, 0.5, 0.5],
             seed: 0,
         }
     }
@@ -559,6 +565,9 @@ impl Config {
         }
         if self.run.steps == Some(0) {
             return Err(invalid("run.steps", "must be at least 1"));
+        }
+        if !(self.run.eval_temperature.is_finite() && self.run.eval_temperature >= 0.0) {
+            return Err(invalid("run.eval_temperature", "must be ≥ 0"));
         }
         if self.run.keep_checkpoints == 0 {
             return Err(invalid("run.keep_checkpoints", "must be at least 1"));

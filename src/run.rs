@@ -238,7 +238,9 @@ pub fn encode_prompt(policy: &Policy, cfg: &Config, problem: &str) -> Result<Vec
     }
 }
 
-/// Greedy pass@1 of `policy` on `examples`; also per level when the examples carry levels.
+/// Accuracy of `policy` on `examples` (greedy pass@1 when `run.eval_temperature` is 0, else the
+/// mean over `run.eval_samples` samples per problem, with fixed seeds so successive evaluations
+/// share their sampling noise); also per level when the examples carry levels.
 pub fn evaluate(
     policy: &Policy,
     cfg: &Config,
@@ -250,24 +252,29 @@ pub fn evaluate(
         .map(|e| encode_prompt(policy, cfg, &e.problem))
         .collect::<Result<_>>()?;
     let mut sampling = cfg.rollout.clone();
-    sampling.temperature = 0.0;
+    sampling.temperature = cfg.run.eval_temperature;
+    let k = if cfg.run.eval_temperature == 0.0 {
+        1
+    } else {
+        cfg.run.eval_samples.max(1)
+    };
     let requests: Vec<RolloutRequest> = prompts
         .into_iter()
         .map(|p| RolloutRequest {
             prompt_ids: p,
-            n: 1,
+            n: k,
             seed: 0,
         })
         .collect();
     let mut engine = EmbeddedEngine::new(policy);
     let completions = engine.generate(&requests, &sampling)?;
-    let mut correct = vec![false; examples.len()];
+    let mut correct = vec![0usize; examples.len()];
     for c in &completions {
-        correct[c.request] =
-            reward::score(&c.text, &examples[c.request].answer, &cfg.reward).equivalent;
+        let ok = reward::score(&c.text, &examples[c.request].answer, &cfg.reward).equivalent;
+        correct[c.request] += usize::from(ok);
     }
     let acc = |idx: &[usize]| {
-        idx.iter().filter(|&&i| correct[i]).count() as f64 / idx.len().max(1) as f64
+        idx.iter().map(|&i| correct[i]).sum::<usize>() as f64 / (idx.len() * k).max(1) as f64
     };
     let all: Vec<usize> = (0..examples.len()).collect();
     let mut out = vec![(name.to_string(), all.len(), acc(&all))];

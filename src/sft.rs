@@ -162,6 +162,7 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
     eval_cfg.rollout.max_tokens = 16;
     eval_cfg.rollout.prompt_template = "{problem}=".to_string();
     eval_cfg.rollout.chat = false;
+    eval_cfg.run.eval_temperature = 0.0;
     let by_level = crate::run::evaluate(&policy, &eval_cfg, "heldout", &tb.heldout)?;
     Ok(SftReport {
         out,
