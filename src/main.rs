@@ -80,6 +80,22 @@ enum Command {
     },
     /// Publish a checkpoint to a running inference server (vLLM LoRA / full weights, SGLang).
     Sync(cures::sync::cli::SyncArgs),
+    /// Stage 0 alone: N' rollouts of every prompt, posterior and σ statistics, as CSV — a map of
+    /// a dataset's difficulty for a model.
+    Init {
+        /// The TOML config (model, data, rollout, iterations.init_rollouts, curriculum.sigma).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output directory (init.csv, init_posterior.json).
+        #[arg(long, default_value = "results/init")]
+        out: PathBuf,
+        /// Print one JSON summary object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Train: CurES (or a baseline strategy) end to end, Algorithm 1.
     Run {
         /// The TOML config.
@@ -333,6 +349,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             if json {
                 println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Init {
+            config,
+            out,
+            json,
+            quiet,
+        } => {
+            let cfg = load_config(config.as_ref(), &cli.set)?;
+            let s = cures::run::init(&cfg, &out, quiet || json)?;
+            println!(
+                "{} prompts x {} rollouts: accuracy {:.3}, never solved {}, always solved {} ({:.0} s); wrote {}/{{init.csv,init_posterior.json}}",
+                s.prompts, cfg.iterations.init_rollouts, s.accuracy, s.never_solved, s.always_solved, s.wall_s, out.display()
+            );
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
             }
         }
         Command::Study {

@@ -256,3 +256,46 @@ fn resume_is_exact() {
         }
     }
 }
+
+#[test]
+fn init_maps_difficulty_with_both_sigma_estimators() {
+    let model = policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("init");
+    let o = cures(&[
+        "init",
+        "--config",
+        "configs/demo.toml",
+        "--out",
+        out.to_str().expect("utf8"),
+        "--quiet",
+        "--json",
+        "--set",
+        &format!("model.path={model}"),
+        "--set",
+        "testbed.train_per_level=5",
+        "--set",
+        "testbed.heldout_per_level=2",
+        "--set",
+        "curriculum.sigma=gradient",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("json line")).expect("json");
+    assert_eq!(last["prompts"], 35);
+    assert_eq!(last["completions"], 35 * 4);
+    let (head, rows) = read_csv(&out.join("init.csv"));
+    assert_eq!(rows.len(), 35);
+    let col = |n: &str| head.iter().position(|h| h == n).expect("column");
+    for r in &rows {
+        let s: u32 = r[col("successes")].parse().expect("s");
+        let p: f64 = r[col("p_hat")].parse().expect("p");
+        // Beta(1, 1) prior: p̂ = (s + 1) / (4 + 2).
+        assert!((p - f64::from(s + 1) / 6.0).abs() < 1e-12, "{r:?}");
+        let g: f64 = r[col("sigma_gradient")]
+            .parse()
+            .expect("gradient sigma present");
+        assert!(g.is_finite() && g >= 0.0);
+    }
+    assert!(out.join("init_posterior.json").exists());
+}
