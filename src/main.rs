@@ -390,9 +390,14 @@ fn run(cli: Cli) -> Result<()> {
             for r in &rows {
                 println!(
                     "{:<22} {:>5} {:>14} {:>10} {:>10} {:>9.3} {:>+9.1} {:>8.0}",
-                    r.method, r.seeds, f(r.completions_to_grpo_final_median),
-                    f(r.completions_to_grpo_final_min), f(r.completions_to_grpo_final_max),
-                    r.final_acc_median, r.delta_vs_grpo_points, r.wall_s
+                    r.method,
+                    r.seeds,
+                    f(r.completions_to_grpo_final_median),
+                    f(r.completions_to_grpo_final_min),
+                    f(r.completions_to_grpo_final_max),
+                    r.final_acc_median,
+                    r.delta_vs_grpo_points,
+                    r.wall_s
                 );
             }
             println!("wrote {}/{{summary.csv,curves.csv,runs/}}", out.display());
@@ -414,14 +419,21 @@ fn run(cli: Cli) -> Result<()> {
             let fmt = |a: Option<f64>| a.map_or("n/a".to_string(), |a| format!("{a:.3}"));
             println!(
                 "{} steps, {} completions in {:.0} s; held-out accuracy {} -> {}",
-                s.steps, s.completions, s.wall_s, fmt(s.heldout_before), fmt(s.heldout_after)
+                s.steps,
+                s.completions,
+                s.wall_s,
+                fmt(s.heldout_before),
+                fmt(s.heldout_after)
             );
             let p = s.phase_s;
             println!(
                 "mean seconds per step: init {:.2}, sample {:.3}, generate {:.2}, reward {:.3}, train {:.2}, sync {:.3}",
                 p[0], p[1], p[2], p[3], p[4], p[5]
             );
-            println!("wrote {}/{{steps.csv,eval.csv,prompts.csv,rollouts.jsonl,checkpoints/}}", s.out.display());
+            println!(
+                "wrote {}/{{steps.csv,eval.csv,prompts.csv,rollouts.jsonl,checkpoints/}}",
+                s.out.display()
+            );
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             }

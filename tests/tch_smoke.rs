@@ -11,7 +11,10 @@ fn matmul_backward_is_exact() {
     let grad = Vec::<f64>::try_from(x.grad()).expect("grad to vec");
     // A x = [-1.5, -2.5]; 2 A^T (A x) = 2 * [1*-1.5 + 3*-2.5, 2*-1.5 + 4*-2.5] = [-18, -26]
     assert_eq!(grad, vec![-18.0, -26.0]);
-    assert_eq!(f64::try_from(y).expect("scalar"), 1.5f64.powi(2) + 2.5f64.powi(2));
+    assert_eq!(
+        f64::try_from(y).expect("scalar"),
+        1.5f64.powi(2) + 2.5f64.powi(2)
+    );
 }
 
 #[test]
