@@ -167,7 +167,7 @@ pub fn plot(run_dirs: &[PathBuf], out: &Path) -> Result<PlotSummary> {
                 files,
                 "accuracy_vs_step",
                 (W, H),
-                lines(&title, "step", "greedy accuracy (pass@1)", &by_step, true)
+                lines(&title, "step", "held-out accuracy", &by_step, true)
             );
             let title = format!("Held-out accuracy ({b}) by compute");
             render!(
@@ -178,7 +178,7 @@ pub fn plot(run_dirs: &[PathBuf], out: &Path) -> Result<PlotSummary> {
                 lines(
                     &title,
                     "completions generated (training + pre-rollouts)",
-                    "greedy accuracy (pass@1)",
+                    "held-out accuracy",
                     &by_comp,
                     true
                 )
@@ -357,8 +357,10 @@ fn short_ticks(x: &f64) -> String {
     } else if a >= 1.0 {
         format!("{x:.1}")
     } else if a >= 1e-4 {
-        let prec = (-a.log10()).ceil() as usize + 1;
-        format!("{x:.prec$}")
+        // Enough decimals to tell neighbouring ticks apart (0.425 vs 0.43), no trailing zeros.
+        let prec = ((-a.log10()).ceil() as usize + 1).max(3);
+        let s = format!("{x:.prec$}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
         format!("{x:.1e}")
     }
