@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution};
 use serde::Serialize;
 
-use super::{median, percentile, reference_python, repo_file};
+use super::{median, percentile, reference_figure, reference_python, repo_file};
 use crate::config::{Config, IterationMode};
 use crate::curriculum::Curriculum;
 
@@ -131,23 +131,8 @@ fn run_reference(b: &CurriculumBench, mode: &str, steps: usize) -> Result<f64, S
         .args(["--batch", &b.batch.to_string()])
         .args(["--budget", &b.budget.to_string()])
         .args(["--steps", &steps.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} {} failed: {}",
-            py.display(),
-            script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let v: serde_json::Value =
-        serde_json::from_str(last).map_err(|e| format!("reference printed {last:?}: {e}"))?;
-    v.get("step_ms")
-        .and_then(|x| x.as_f64())
-        .ok_or_else(|| format!("reference output has no step_ms: {last}"))
+        .output();
+    reference_figure(&py, &script, out, "step_ms")
 }
 
 /// Run the bench: cures first, then each reference (their failures become nulls + stderr).

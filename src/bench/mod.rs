@@ -67,3 +67,29 @@ pub fn reference_python(module: &str) -> Result<PathBuf, String> {
         tried.join(", ")
     ))
 }
+
+/// The figure `key` from a reference script's run: its exit status must be success and its last
+/// stdout line a JSON object holding `key` (Err carries the reason, for stderr).
+pub fn reference_figure(
+    py: &Path,
+    script: &Path,
+    out: std::io::Result<std::process::Output>,
+    key: &str,
+) -> Result<f64, String> {
+    let out = out.map_err(|e| format!("cannot run {}: {e}", py.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {} failed: {}",
+            py.display(),
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(last).map_err(|e| format!("reference printed {last:?}: {e}"))?;
+    v.get(key)
+        .and_then(|x| x.as_f64())
+        .ok_or_else(|| format!("reference output has no {key}: {last}"))
+}

@@ -117,24 +117,9 @@ fn run_reference(b: &TrainStepBench, threads: i32) -> Result<f64, String> {
         .args(["--seq", &b.seq.to_string()])
         .args(["--steps", &b.steps.to_string()])
         .args(["--threads", &threads.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
+        .output();
     let _ = std::fs::remove_dir_all(&dir);
-    if !out.status.success() {
-        return Err(format!(
-            "{} {} failed: {}",
-            py.display(),
-            script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let v: serde_json::Value =
-        serde_json::from_str(last).map_err(|e| format!("reference printed {last:?}: {e}"))?;
-    v.get("tokens_per_s")
-        .and_then(|x| x.as_f64())
-        .ok_or_else(|| format!("reference output has no tokens_per_s: {last}"))
+    super::reference_figure(&py, &script, out, "tokens_per_s")
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
