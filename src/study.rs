@@ -302,7 +302,58 @@ pub fn study(opts: &StudyOptions) -> Result<Vec<SummaryRow>> {
         }
     }
     crate::metrics::write_csv_atomic(&opts.out.join("curves.csv"), &rows)?;
+    let plots = opts.out.join("plots");
+    for (name, keep) in [
+        ("study_methods", &["grpo", "cures", "speed_rl", "gvm"][..]),
+        (
+            "study_cures_ablations",
+            &[
+                "grpo",
+                "cures",
+                "cures_tau0.05",
+                "cures_tau0.2",
+                "cures_tau0.5",
+                "cures_sigma_gradient",
+                "cures_lambda0.9",
+            ][..],
+        ),
+    ] {
+        let bands: Vec<(String, crate::plot::Band)> = results
+            .iter()
+            .filter(|(m, _)| keep.contains(&m.as_str()))
+            .map(|(m, seeds)| (m.clone(), band(seeds)))
+            .collect();
+        if !bands.is_empty() {
+            crate::plot::seed_bands(
+                &plots,
+                name,
+                &format!(
+                    "Held-out accuracy vs training completions ({} seeds: median, min–max)",
+                    opts.seeds
+                ),
+                "training completions",
+                "held-out accuracy",
+                &bands,
+            )?;
+        }
+    }
     Ok(summary)
+}
+
+/// Median and min–max over seeds at each evaluation point (seeds share their x values; a point
+/// missing in some seed uses the seeds that have it).
+fn band(seeds: &SeedResults) -> crate::plot::Band {
+    let len = seeds.iter().map(|s| s.0.len()).max().unwrap_or(0);
+    (0..len)
+        .filter_map(|k| {
+            let pts: Vec<(u64, f64)> = seeds.iter().filter_map(|s| s.0.get(k).copied()).collect();
+            let x = pts.first()?.0 as f64;
+            let mut ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
+            let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            Some((x, median(&mut ys), lo, hi))
+        })
+        .collect()
 }
 
 fn variants_names() -> Vec<String> {

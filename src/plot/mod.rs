@@ -743,6 +743,86 @@ pub fn cli(args: &PlotArgs) -> Result<()> {
     Ok(())
 }
 
+/// One method's curve over seeds: (x, median, min, max) per point.
+pub type Band = Vec<(f64, f64, f64, f64)>;
+
+fn bands_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    bands: &[(String, Band)],
+) -> Result<()> {
+    let (x0, x1) = range(bands.iter().flat_map(|b| b.1.iter().map(|p| p.0)), 0.03);
+    let (y0, y1) = range(
+        bands
+            .iter()
+            .flat_map(|b| b.1.iter().flat_map(|p| [p.2, p.3])),
+        0.1,
+    );
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, title_font())
+        .margin(24)
+        .x_label_area_size(60)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .pe()?;
+    chart
+        .configure_mesh()
+        .x_label_formatter(&int_ticks)
+        .y_label_formatter(&short_ticks)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 19))
+        .light_line_style(BLACK.mix(0.06))
+        .draw()
+        .pe()?;
+    for (i, (name, pts)) in bands.iter().enumerate() {
+        let c = color(i);
+        // The min–max band over seeds: the upper edge forwards, the lower edge back.
+        let poly: Vec<(f64, f64)> = pts
+            .iter()
+            .map(|p| (p.0, p.3))
+            .chain(pts.iter().rev().map(|p| (p.0, p.2)))
+            .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.15).filled())))
+            .pe()?;
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                c.stroke_width(3),
+            ))
+            .pe()?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+    }
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
+}
+
+/// Median curves with min–max seed bands, one per method, into `<out>/<name>.{png,svg}`.
+pub fn seed_bands(
+    out: &Path,
+    name: &str,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    bands: &[(String, Band)],
+) -> Result<Vec<PathBuf>> {
+    register_fonts();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut files = Vec::new();
+    render!(
+        out,
+        files,
+        name,
+        (1100, 680),
+        bands_chart(title, x_desc, y_desc, bands)
+    );
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
