@@ -68,14 +68,26 @@ pub fn reference_python(module: &str) -> Result<PathBuf, String> {
     ))
 }
 
-/// The figure `key` from a reference script's run: its exit status must be success and its last
-/// stdout line a JSON object holding `key` (Err carries the reason, for stderr).
+/// The figure `key` from a reference script's run (see [`reference_json`]).
 pub fn reference_figure(
     py: &Path,
     script: &Path,
     out: std::io::Result<std::process::Output>,
     key: &str,
 ) -> Result<f64, String> {
+    let v = reference_json(py, script, out)?;
+    v.get(key)
+        .and_then(|x| x.as_f64())
+        .ok_or_else(|| format!("reference output has no {key}"))
+}
+
+/// The last stdout line of a reference script's run, as JSON; the run must have succeeded
+/// (Err carries the reason, for stderr).
+pub fn reference_json(
+    py: &Path,
+    script: &Path,
+    out: std::io::Result<std::process::Output>,
+) -> Result<serde_json::Value, String> {
     let out = out.map_err(|e| format!("cannot run {}: {e}", py.display()))?;
     if !out.status.success() {
         return Err(format!(
@@ -87,9 +99,5 @@ pub fn reference_figure(
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("");
-    let v: serde_json::Value =
-        serde_json::from_str(last).map_err(|e| format!("reference printed {last:?}: {e}"))?;
-    v.get(key)
-        .and_then(|x| x.as_f64())
-        .ok_or_else(|| format!("reference output has no {key}: {last}"))
+    serde_json::from_str(last).map_err(|e| format!("reference printed {last:.200}: {e}"))
 }

@@ -360,19 +360,7 @@ fn run_reference(pairs: &[Pair]) -> Result<RefOut, String> {
         .arg(&path)
         .output();
     let _ = std::fs::remove_file(&path);
-    let out = out.map_err(|e| format!("cannot run {}: {e}", py.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} {} failed: {}",
-            py.display(),
-            script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let v: serde_json::Value =
-        serde_json::from_str(last).map_err(|e| format!("reference printed {last:.200}: {e}"))?;
+    let v = super::reference_json(&py, &script, out)?;
     let per_s = v
         .get("per_s")
         .and_then(|x| x.as_f64())

@@ -388,21 +388,21 @@ fn legend<'a, DB: DrawingBackend + 'a>(
         .pe()
 }
 
-fn lines<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
+/// The frame of a line chart over f64 axes: caption, integer x ticks, short y ticks, labels.
+fn line_frame<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
     title: &str,
     x_desc: &str,
     y_desc: &str,
-    series: &[(String, Series)],
-    unit_y: bool,
-) -> Result<()> {
-    let (x0, x1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)), 0.03);
-    let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
-    let (y0, y1) = if unit_y {
-        unit_range(ys)
-    } else {
-        range(ys, 0.1)
-    };
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Result<
+    ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+> {
     let mut chart = ChartBuilder::on(root)
         .caption(title, title_font())
         .margin(24)
@@ -421,6 +421,25 @@ fn lines<DB: DrawingBackend>(
         .light_line_style(BLACK.mix(0.06))
         .draw()
         .pe()?;
+    Ok(chart)
+}
+
+fn lines<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Series)],
+    unit_y: bool,
+) -> Result<()> {
+    let (x0, x1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)), 0.03);
+    let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
+    let (y0, y1) = if unit_y {
+        unit_range(ys)
+    } else {
+        range(ys, 0.1)
+    };
+    let mut chart = line_frame(root, title, x_desc, y_desc, (x0, x1), (y0, y1))?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = color(i);
         chart
@@ -760,24 +779,7 @@ fn bands_chart<DB: DrawingBackend>(
             .flat_map(|b| b.1.iter().flat_map(|p| [p.2, p.3])),
         0.1,
     );
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, title_font())
-        .margin(24)
-        .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .pe()?;
-    chart
-        .configure_mesh()
-        .x_label_formatter(&int_ticks)
-        .y_label_formatter(&short_ticks)
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 19))
-        .light_line_style(BLACK.mix(0.06))
-        .draw()
-        .pe()?;
+    let mut chart = line_frame(root, title, x_desc, y_desc, (x0, x1), (y0, y1))?;
     for (i, (name, pts)) in bands.iter().enumerate() {
         let c = color(i);
         // The min–max band over seeds: the upper edge forwards, the lower edge back.
