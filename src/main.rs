@@ -162,7 +162,10 @@ enum BenchCommand {
         json: bool,
     },
     /// Rollout client overhead: orchestrator CPU per completion vs server generation time.
-    Client(cures::rollout::openai::ClientBenchArgs),
+    Client(cures::bench::client::ClientBenchArgs),
+    /// The most requests the rollout client keeps in flight against a server without an error
+    /// or retry (a sweep of concurrency limits).
+    Inflight(cures::bench::client::InflightBenchArgs),
     /// Every figure in one table (curriculum, reward, train step, generation, checkpoint write,
     /// client overhead), each side by side with its reference.
     All {
@@ -188,6 +191,9 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish time of full weights and of a LoRA adapter (to a vLLM server, or the write part
+    /// alone) vs dd of the same bytes.
+    Publish(cures::bench::publish::PublishBenchArgs),
     /// Answer verification throughput and agreement vs Math-Verify.
     Reward(cures::bench::reward::RewardBenchArgs),
     /// Random strings through the verifier: panics (must be 0) and the slowest case.
@@ -471,11 +477,57 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench(BenchCommand::Client(a)) => {
-            let r = cures::rollout::openai::bench_client(&a).context("bench client")?;
+            let r = cures::bench::client::bench_client(&a).context("bench client")?;
             println!(
                 "client overhead ({} completions, {} tokens, {:.1} tokens/s): client CPU {:.3} s over {:.2} s of generation = {:.2}% ({:.3} ms per completion)",
                 r.completions, r.tokens, r.tokens_per_s, r.client_cpu_s, r.wall_s,
                 100.0 * r.overhead_frac, r.client_cpu_ms_per_completion
+            );
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench(BenchCommand::Publish(a)) => {
+            let r = cures::bench::publish::run(&a).context("bench publish")?;
+            cures::bench::publish::print(&r);
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench(BenchCommand::Inflight(a)) => {
+            let r = cures::bench::client::bench_inflight(&a).context("bench inflight")?;
+            println!(
+                "{:>7} {:>9} {:>11} {:>6} {:>8} {:>14} {:>12}  error",
+                "level",
+                "requests",
+                "completions",
+                "peak",
+                "retries",
+                "completions/s",
+                "client ms/c"
+            );
+            for l in &r.levels {
+                println!(
+                    "{:>7} {:>9} {:>11} {:>6} {:>8} {:>14.1} {:>12.3}  {}",
+                    l.level,
+                    l.requests,
+                    l.completions,
+                    l.peak_in_flight,
+                    l.retries,
+                    l.completions_per_s,
+                    l.client_cpu_ms_per_completion,
+                    l.error.as_deref().unwrap_or("-")
+                );
+            }
+            println!(
+                "maximum sustained in-flight requests without errors against {}: {}{}",
+                r.endpoint,
+                r.max_sustained_in_flight,
+                if r.levels.iter().all(|l| l.clean()) {
+                    " (every level tried was clean: the limit is higher)"
+                } else {
+                    ""
+                }
             );
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);

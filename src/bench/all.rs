@@ -149,7 +149,7 @@ pub fn run(o: &AllOptions) -> Result<Vec<Row>> {
     // Client overhead needs a running server.
     match (&o.endpoint, &o.model) {
         (Some(ep), Some(model)) => {
-            let args = crate::rollout::openai::ClientBenchArgs {
+            let args = super::client::ClientBenchArgs {
                 endpoint: ep.clone(),
                 model: model.clone(),
                 prompts: 16,
@@ -158,7 +158,7 @@ pub fn run(o: &AllOptions) -> Result<Vec<Row>> {
                 calls: 3,
                 json: false,
             };
-            match crate::rollout::openai::bench_client(&args) {
+            match super::client::bench_client(&args) {
                 Ok(r) => rows.push(Row {
                     what: "client CPU per completion vs server generation time".into(),
                     cures: format!("{:.3} ms/completion", r.client_cpu_ms_per_completion),

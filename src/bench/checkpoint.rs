@@ -2,7 +2,6 @@
 //! sequential write of the same bytes with `dd ... conv=fsync`, as a ratio of throughputs.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +17,7 @@ pub struct CheckpointBenchResult {
     pub bytes: u64,
     /// Median seconds of `Policy::save_hf` (f32, atomic directory, fsync).
     pub cures_s: f64,
-    /// Median seconds of `dd if=/dev/zero bs=4M conv=fsync` of the same bytes (null: dd failed).
+    /// Median seconds of `dd if=/dev/zero conv=fsync` of the same bytes (null: dd failed).
     pub dd_s: Option<f64>,
     /// cures throughput / dd throughput (target ≥ 0.7).
     pub ratio: Option<f64>,
@@ -50,40 +49,25 @@ pub fn run(dir: &Path, reps: usize) -> Result<CheckpointBenchResult> {
         std::fs::remove_dir_all(&out)?;
     }
     let mut dd = Vec::new();
-    let blocks = bytes.div_ceil(4 << 20);
+    let mut dd_bytes = bytes;
     for i in 0..reps.max(1) {
-        let out = dir.join(format!("dd{i}.bin"));
-        let t = Instant::now();
-        let st = Command::new("dd")
-            .arg("if=/dev/zero")
-            .arg(format!("of={}", out.display()))
-            .args([
-                "bs=4M",
-                &format!("count={blocks}"),
-                "conv=fsync",
-                "status=none",
-            ])
-            .status();
-        match st {
-            Ok(s) if s.success() => dd.push(t.elapsed().as_secs_f64()),
-            Ok(s) => {
-                eprintln!("bench checkpoint: dd exited with {s}: reference not measured");
-                break;
+        match super::dd_write(&dir.join(format!("dd{i}.bin")), bytes) {
+            Ok((s, b)) => {
+                dd.push(s);
+                dd_bytes = b;
             }
             Err(e) => {
-                eprintln!("bench checkpoint: cannot run dd ({e}): reference not measured");
+                eprintln!("bench checkpoint: {e}: reference not measured");
                 break;
             }
         }
-        let _ = std::fs::remove_file(&out);
     }
     if bytes == 0 {
         bail!("the checkpoint has no safetensors bytes");
     }
     let cures_s = median(&cures);
     let dd_s = (!dd.is_empty()).then(|| median(&dd));
-    // dd writes whole 4 MiB blocks: compare throughputs, not times.
-    let dd_bytes = blocks * (4 << 20);
+    // dd writes whole blocks: compare throughputs, not times.
     let ratio = dd_s.map(|d| (bytes as f64 / cures_s) / (dd_bytes as f64 / d));
     Ok(CheckpointBenchResult {
         bytes,

@@ -4,7 +4,9 @@
 
 pub mod all;
 pub mod checkpoint;
+pub mod client;
 pub mod curriculum;
+pub mod publish;
 pub mod reward;
 pub mod train_step;
 
@@ -100,4 +102,30 @@ pub fn reference_json(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("");
     serde_json::from_str(last).map_err(|e| format!("reference printed {last:.200}: {e}"))
+}
+
+/// The reference for every disk-write figure: `dd if=/dev/zero of=PATH conv=fsync` of at least
+/// `bytes` (whole blocks: 4 MiB, or 64 KiB below 64 MiB), then the file is removed. Returns
+/// (seconds, bytes written); Err carries why dd could not run, for stderr.
+pub fn dd_write(path: &Path, bytes: u64) -> Result<(f64, u64), String> {
+    let bs: u64 = if bytes >= 64 << 20 { 4 << 20 } else { 64 << 10 };
+    let blocks = bytes.div_ceil(bs).max(1);
+    let t = std::time::Instant::now();
+    let st = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", path.display()))
+        .args([
+            &format!("bs={bs}"),
+            &format!("count={blocks}"),
+            "conv=fsync",
+            "status=none",
+        ])
+        .status();
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(path);
+    match st {
+        Ok(s) if s.success() => Ok((secs, blocks * bs)),
+        Ok(s) => Err(format!("dd exited with {s}")),
+        Err(e) => Err(format!("cannot run dd ({e})")),
+    }
 }

@@ -552,13 +552,9 @@ impl Policy {
             .context("save_lora: LoRA is not enabled")?;
         let tmp = weights::tmp_dir_for(dir)?;
         let res = (|| -> Result<()> {
-            let mut vars: Vec<(String, Tensor)> =
-                l.vs.variables()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.detach().to_kind(kind)))
-                    .collect();
+            let mut vars: Vec<(String, Tensor)> = l.vs.variables().into_iter().collect();
             vars.sort_by_key(|(k, _)| lora_sort_key(k));
-            weights::write_file(&tmp.join("adapter_model.safetensors"), &vars)?;
+            weights::write_file_as(&tmp.join("adapter_model.safetensors"), &vars, Some(kind))?;
             let acfg = serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",

@@ -215,4 +215,6 @@ pub struct RolloutStats {
     pub retokenized: u64,
     /// Choices returned beyond what was asked (dropped).
     pub surplus: u64,
+    /// Most generation requests on the wire at once (bounded by `max_concurrency`).
+    pub peak_in_flight: u64,
 }

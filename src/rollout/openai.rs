@@ -385,6 +385,26 @@ struct Shared {
     endpoints: Vec<Endpoint>,
     sem: tokio::sync::Semaphore,
     opts: Opts,
+    /// Generation requests on the wire now, and the most since the last `generate` began.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+}
+
+/// Counts one request as on the wire while alive.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(sh: &'a Shared) -> Self {
+        let now = sh.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        sh.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(sh)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Decrements an endpoint's outstanding count when the request ends (or is cancelled).
@@ -559,6 +579,7 @@ impl Shared {
                     .await
                     .map_err(|_| "the request limiter was closed".to_string())?;
                 let (i, _out) = self.pick(n).await.map_err(|e| e.msg)?;
+                let _wire = InFlight::enter(&self);
                 let mut b = body.clone();
                 b["model"] = Value::String(self.endpoints[i].model.clone());
                 let k = self.endpoints[i].logprobs_k.load(Ordering::SeqCst);
@@ -755,6 +776,8 @@ impl OpenAiEngine {
             probe_client,
             endpoints,
             sem: tokio::sync::Semaphore::new(cfg.max_concurrency),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
             opts: Opts {
                 max_retries: cfg.max_retries,
                 backoff_ms: cfg.backoff_ms,
@@ -895,6 +918,7 @@ impl RolloutEngine for OpenAiEngine {
         sampling: &RolloutConfig,
     ) -> Result<Vec<Completion>> {
         self.stats = RolloutStats::default();
+        self.shared.peak_in_flight.store(0, Ordering::SeqCst);
         let mut have: Vec<Vec<Completion>> = vec![Vec::new(); requests.len()];
         let mut round = vec![0u64; requests.len()];
         let mut idle_rounds = vec![0usize; requests.len()];
@@ -962,6 +986,7 @@ impl RolloutEngine for OpenAiEngine {
             Ok(())
         });
         self.rt = Some(rt);
+        self.stats.peak_in_flight = self.shared.peak_in_flight.load(Ordering::SeqCst) as u64;
         result?;
         let out: Vec<Completion> = have.into_iter().flatten().collect();
         let expected: usize = requests.iter().map(|r| r.n).sum();
@@ -1070,109 +1095,4 @@ mod tests {
     fn base_strips_v1() {
         assert_eq!(EndpointConfig::new("http://a:1/v1/").base(), "http://a:1");
     }
-}
-
-/// Arguments of `cures bench client`.
-#[derive(Debug, clap::Args)]
-pub struct ClientBenchArgs {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    pub endpoint: String,
-    /// Model directory whose tokenizer (and chat template) encodes the prompts.
-    #[arg(long)]
-    pub model: std::path::PathBuf,
-    /// Prompts per call.
-    #[arg(long, default_value_t = 16)]
-    pub prompts: usize,
-    /// Completions per prompt.
-    #[arg(long, default_value_t = 4)]
-    pub n: usize,
-    /// Completion tokens.
-    #[arg(long, default_value_t = 64)]
-    pub max_tokens: usize,
-    /// Timed calls.
-    #[arg(long, default_value_t = 3)]
-    pub calls: usize,
-    /// Print one JSON object as the last line of stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// What `cures bench client` measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClientBench {
-    /// Completions over all timed calls.
-    pub completions: usize,
-    /// Completion tokens.
-    pub tokens: usize,
-    /// Wall seconds of the timed `generate` calls (≈ server generation time).
-    pub wall_s: f64,
-    /// CPU seconds this (orchestrator) process used during them.
-    pub client_cpu_s: f64,
-    /// Client CPU per completion, ms.
-    pub client_cpu_ms_per_completion: f64,
-    /// Client CPU / wall (target ≤ 3%).
-    pub overhead_frac: f64,
-    /// Completion tokens per wall second.
-    pub tokens_per_s: f64,
-}
-
-/// Client overhead: orchestrator CPU time vs the wall time the server spends generating.
-pub fn bench_client(a: &ClientBenchArgs) -> Result<ClientBench> {
-    let tok = Tokenizer::load(&a.model, &[], None)
-        .with_context(|| format!("--model {}", a.model.display()))?;
-    let cfg = RolloutConfig {
-        engine: super::EngineKind::Openai,
-        endpoints: vec![EndpointConfig::new(&a.endpoint)],
-        max_tokens: a.max_tokens,
-        temperature: 1.0,
-        ..RolloutConfig::default()
-    };
-    let mut engine = OpenAiEngine::new(&cfg, Some(tok.clone()))?;
-    let requests: Vec<RolloutRequest> = (0..a.prompts)
-        .map(|i| {
-            let q = format!(
-                "What is {} plus {}? Think step by step.",
-                17 + i,
-                25 + 3 * i
-            );
-            let ids = if tok.chat_template().is_some() {
-                tok.encode_chat(&[crate::policy::ChatMessage::new("user", &q)], true)
-            } else {
-                tok.encode(&q, true)
-            }?;
-            Ok(RolloutRequest {
-                prompt_ids: ids,
-                n: a.n,
-                seed: i as u64,
-            })
-        })
-        .collect::<Result<_>>()?;
-    engine.generate(&requests[..1.min(requests.len())], &cfg)?; // warm-up
-    let (mut wall, mut cpu, mut comps, mut tokens) = (0.0, 0.0, 0, 0);
-    for call in 0..a.calls {
-        let reqs: Vec<RolloutRequest> = requests
-            .iter()
-            .map(|r| RolloutRequest {
-                seed: r.seed + 1000 * (call as u64 + 1),
-                ..r.clone()
-            })
-            .collect();
-        let c0 = process_cpu_seconds();
-        let t = Instant::now();
-        let out = engine.generate(&reqs, &cfg)?;
-        wall += t.elapsed().as_secs_f64();
-        cpu += process_cpu_seconds() - c0;
-        comps += out.len();
-        tokens += out.iter().map(|c| c.token_ids.len()).sum::<usize>();
-    }
-    Ok(ClientBench {
-        completions: comps,
-        tokens,
-        wall_s: wall,
-        client_cpu_s: cpu,
-        client_cpu_ms_per_completion: 1e3 * cpu / comps.max(1) as f64,
-        overhead_frac: cpu / wall.max(1e-9),
-        tokens_per_s: tokens as f64 / wall.max(1e-9),
-    })
 }

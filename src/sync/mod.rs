@@ -8,11 +8,12 @@ pub mod http;
 pub mod sglang;
 pub mod vllm;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use tch::Kind;
 
 use crate::policy::Policy;
 use crate::rollout::{EngineKind, RolloutConfig, SyncKind};
@@ -61,6 +62,32 @@ pub fn from_config(cfg: &RolloutConfig, run_dir: &Path) -> Result<Box<dyn Weight
         SyncKind::VllmLora => Box::new(VllmLoraSync::new(&cfg.endpoints, &cfg.lora_name, opts()?)?),
         SyncKind::SglangFull => Box::new(SglangFullSync::new(&cfg.endpoints, opts()?)?),
     })
+}
+
+/// What a server-side sync writes for each version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The whole model as an HF checkpoint (LoRA merged in).
+    Full,
+    /// The LoRA adapter in PEFT layout.
+    Lora,
+}
+
+/// Write `policy`'s `payload` as `kind` into the fresh directory of `version` under `dirs`
+/// (atomic: written beside it, fsync'd, renamed). The write part of every server-side publish.
+pub fn write_version(
+    dirs: &http::SyncDirs,
+    policy: &Policy,
+    payload: Payload,
+    kind: Kind,
+    version: u64,
+) -> Result<PathBuf> {
+    let dir = dirs.fresh(version)?;
+    match payload {
+        Payload::Full => policy.save_hf(&dir, kind, 5 << 30)?,
+        Payload::Lora => policy.save_lora(&dir, kind)?,
+    }
+    Ok(dir)
 }
 
 /// Publishes nothing: the server keeps the weights it started with.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::http::{dir_bytes, verify_probe, Admin, SyncDirs};
 use super::vllm::SyncOptions;
-use super::{SyncTiming, WeightSync};
+use super::{write_version, Payload, SyncTiming, WeightSync};
 use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
 
@@ -37,8 +37,7 @@ impl SglangFullSync {
 impl WeightSync for SglangFullSync {
     fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
         let t = Instant::now();
-        let dir = self.dirs.fresh(version)?;
-        policy.save_hf(&dir, self.opts.kind, 5 << 30)?;
+        let dir = write_version(&self.dirs, policy, Payload::Full, self.opts.kind, version)?;
         let write_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for tg in &self.admin.targets {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tch::Kind;
 
 use super::http::{dir_bytes, verify_probe, Admin, SyncDirs};
-use super::{SyncTiming, WeightSync};
+use super::{write_version, Payload, SyncTiming, WeightSync};
 use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
 
@@ -142,8 +142,7 @@ impl VllmFullSync {
 impl WeightSync for VllmFullSync {
     fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
         let t = Instant::now();
-        let dir = self.dirs.fresh(version)?;
-        policy.save_hf(&dir, self.opts.kind, 5 << 30)?;
+        let dir = write_version(&self.dirs, policy, Payload::Full, self.opts.kind, version)?;
         let write_s = t.elapsed().as_secs_f64();
         let call_s = self.reload_dir(&dir, version)?;
         let t = Instant::now();
@@ -229,8 +228,7 @@ impl WeightSync for VllmLoraSync {
             bail!("rollout.sync = \"vllm_lora\" needs a policy with LoRA enabled");
         }
         let t = Instant::now();
-        let dir = self.dirs.fresh(version)?;
-        policy.save_lora(&dir, self.opts.kind)?;
+        let dir = write_version(&self.dirs, policy, Payload::Lora, self.opts.kind, version)?;
         let write_s = t.elapsed().as_secs_f64();
         let call_s = self.load_dir(&dir)?;
         let t = Instant::now();
