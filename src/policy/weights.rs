@@ -61,6 +61,61 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Check that `path` is a whole safetensors file without loading it: an 8-byte header length,
+/// a JSON header whose tensors have dtypes, shapes and data offsets that fit in the file. Errors
+/// name the file and what is wrong (servers can crash on a corrupt file, so syncs check first).
+pub fn check_safetensors(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad =
+        |why: String| anyhow::anyhow!("{} is not a valid safetensors file: {why}", path.display());
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| {
+        bad(format!(
+            "{size} bytes, shorter than the 8-byte header length"
+        ))
+    })?;
+    let hlen = u64::from_le_bytes(len);
+    if hlen > 100 << 20 || 8 + hlen > size {
+        return Err(bad(format!(
+            "header length {hlen} does not fit in {size} bytes"
+        )));
+    }
+    let mut h = vec![0u8; hlen as usize];
+    f.read_exact(&mut h)
+        .map_err(|e| bad(format!("cannot read the header: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&h).map_err(|e| bad(format!("the header is not JSON: {e}")))?;
+    let map = v
+        .as_object()
+        .ok_or_else(|| bad("the header is not a JSON object".into()))?;
+    let data = size - 8 - hlen;
+    for (name, t) in map.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offs = t
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .filter(|o| o.len() == 2)
+            .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
+            .ok_or_else(|| bad(format!("tensor {name} has no [begin, end] data_offsets")))?;
+        if t.get("dtype").and_then(|d| d.as_str()).is_none()
+            || t.get("shape").and_then(|s| s.as_array()).is_none()
+        {
+            return Err(bad(format!("tensor {name} has no dtype or shape")));
+        }
+        if offs.0 > offs.1 || offs.1 > data {
+            return Err(bad(format!(
+                "tensor {name} spans bytes {}..{} of a {data}-byte data section (truncated?)",
+                offs.0, offs.1
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The safetensors dtype string of a kind.
 pub fn dtype_str(kind: Kind) -> Result<&'static str> {
     Ok(match kind {
@@ -374,6 +429,44 @@ mod tests {
             v.push(f32::from_bits(x));
         }
         v
+    }
+
+    #[test]
+    fn check_safetensors_accepts_whole_files_and_names_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ok.safetensors");
+        let t = Tensor::from_slice(&[1f32, 2., 3., 4.]).view([2, 2]);
+        write_file(&p, &[("w".into(), t)]).unwrap();
+        check_safetensors(&p).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "text.safetensors",
+                b"not a safetensors file".to_vec(),
+                "does not fit",
+            ),
+            ("short.safetensors", vec![1, 2, 3], "shorter than"),
+            (
+                "cut.safetensors",
+                bytes[..bytes.len() - 4].to_vec(),
+                "truncated",
+            ),
+            (
+                "json.safetensors",
+                {
+                    let mut b = 4u64.to_le_bytes().to_vec();
+                    b.extend_from_slice(b"[1,]");
+                    b
+                },
+                "not JSON",
+            ),
+        ];
+        for (name, content, want) in cases {
+            let q = dir.path().join(name);
+            std::fs::write(&q, content).unwrap();
+            let e = check_safetensors(&q).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+        }
     }
 
     #[test]

@@ -228,8 +228,8 @@ fn parse_ids(v: &Value, what: &str) -> Result<Vec<i64>> {
 }
 
 /// Parse a `/v1/completions` reply: its choices and the server's weight version (if it reports
-/// one). Accepts vLLM's logprob shape (`logprobs.token_logprobs`) and llama-server's
-/// chat-style shape (`logprobs.content[].logprob`, ids from `content[].id`).
+/// one). Accepts vLLM's and SGLang's logprob shape (`logprobs.token_logprobs`) and
+/// llama-server's chat-style shape (`logprobs.content[].logprob`, ids from `content[].id`).
 pub fn parse_completion_response(v: &Value) -> Result<(Vec<ParsedChoice>, Option<u64>)> {
     let choices = v
         .get("choices")
@@ -241,9 +241,13 @@ pub fn parse_completion_response(v: &Value) -> Result<(Vec<ParsedChoice>, Option
                 .unwrap_or_default();
             format!("reply has no `choices` array{err}")
         })?;
+    // vLLM / llama-server: top-level fields; SGLang: `metadata.weight_version` (a label such
+    // as "default" until the first update, which parses to none).
+    let meta = v.get("metadata");
     let top_version = v
         .get("weight_version")
         .or_else(|| v.get("weight_versions"))
+        .or_else(|| meta.and_then(|m| m.get("weight_version")))
         .and_then(parse_version);
     let mut out = Vec::with_capacity(choices.len());
     for (k, c) in choices.iter().enumerate() {
@@ -1060,6 +1064,28 @@ mod tests {
         assert_eq!(c[0].token_ids, Some(vec![17, 18]));
         assert_eq!(c[0].logprobs, Some(vec![-1.0, -2.0]));
         assert_eq!(c[0].weight_version, Some(7));
+    }
+
+    #[test]
+    fn parses_sglang_shape() {
+        // SGLang 0.5.23 with "return_token_ids": true, after an update to version 7.
+        let v = json!({"object": "text_completion", "choices": [
+            {"index": 0, "text": " a town", "token_ids": [253, 3102],
+             "logprobs": {"text_offset": [-1, -1], "token_logprobs": [-0.8, -2.1],
+                          "tokens": [" a", " town"], "top_logprobs": []},
+             "finish_reason": "length", "matched_stop": null}],
+            "usage": {"prompt_tokens": 6, "completion_tokens": 2},
+            "metadata": {"weight_version": "7",
+                         "weight_versions": [{"version": "7", "start": 0, "end": 2}]}});
+        let (c, ver) = parse_completion_response(&v).unwrap();
+        assert_eq!(ver, Some(7));
+        assert_eq!(c[0].token_ids, Some(vec![253, 3102]));
+        assert_eq!(c[0].logprobs, Some(vec![-0.8, -2.1]));
+        assert_eq!(c[0].weight_version, Some(7));
+        // Before any update SGLang labels its weights "default": no version.
+        let v = json!({"choices": [{"index": 0, "text": "x", "token_ids": [5],
+            "finish_reason": "stop"}], "metadata": {"weight_version": "default"}});
+        assert_eq!(parse_completion_response(&v).unwrap().1, None);
     }
 
     #[test]

@@ -4,11 +4,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
-use super::http::{dir_bytes, Admin};
+use super::http::{dir_bytes, verify_probe, Admin};
+use super::sglang::SglangFullSync;
 use super::vllm::{SyncOptions, VllmFullSync, VllmLoraSync};
+use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
 
 /// Which route publishes the checkpoint.
@@ -47,6 +51,11 @@ pub struct SyncArgs {
     /// Seconds each server call may take.
     #[arg(long, default_value_t = 600.0)]
     pub timeout_s: f64,
+    /// After a full / sglang publish, load DIR here and check that the server's greedy
+    /// log-prob on a probe prompt is within this many nats of ours (0: skip; needs the model
+    /// to fit in this machine's memory).
+    #[arg(long, default_value_t = 0.0)]
+    pub verify_tol: f64,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -72,7 +81,6 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         verify_tol: 0.0,
         timeout: Duration::from_secs_f64(a.timeout_s),
     };
-    let t = Instant::now();
     let call_s = match a.mode {
         SyncMode::Full => {
             VllmFullSync::new(std::slice::from_ref(&ep), opts)?.reload_dir(&dir, a.version)?
@@ -81,24 +89,28 @@ pub fn run(a: &SyncArgs) -> Result<()> {
             VllmLoraSync::new(std::slice::from_ref(&ep), &a.lora_name, opts)?.load_dir(&dir)?
         }
         SyncMode::Sglang => {
-            let admin = Admin::new(
-                std::slice::from_ref(&ep),
-                Duration::from_secs_f64(a.timeout_s),
-            )?;
-            let dir = std::fs::canonicalize(&dir)?;
-            let tg = &admin.targets[0];
-            let v = admin.post_ok(
-                tg,
-                "/update_weights_from_disk",
-                Some(&serde_json::json!({"model_path": dir.to_string_lossy(),
-                    "weight_version": a.version.to_string(), "flush_cache": true})),
-            )?;
-            if v.get("success").and_then(serde_json::Value::as_bool) != Some(true) {
-                bail!("POST {}/update_weights_from_disk: {v}", tg.base);
-            }
-            t.elapsed().as_secs_f64()
+            SglangFullSync::new(std::slice::from_ref(&ep), opts)?.reload_dir(&dir, a.version)?
         }
     };
+    let mut probe = None;
+    if a.verify_tol > 0.0 && a.mode != SyncMode::Lora {
+        let t = Instant::now();
+        let policy = Policy::load(&dir, tch::Device::Cpu, tch::Kind::Float)
+            .with_context(|| format!("loading {} to verify the publish", dir.display()))?;
+        let admin = Admin::new(
+            std::slice::from_ref(&ep),
+            Duration::from_secs_f64(a.timeout_s),
+        )?;
+        let tg = &admin.targets[0];
+        let model = admin.model_of(tg)?;
+        let (served, ours) = verify_probe(&admin, tg, &model, &policy, a.verify_tol)?;
+        println!(
+            "verified: probe log-prob {served:.4} served vs {ours:.4} here (tolerance {}) in {:.1} s",
+            a.verify_tol,
+            t.elapsed().as_secs_f64()
+        );
+        probe = Some((served, ours));
+    }
     let bytes = dir_bytes(&dir);
     println!(
         "published {} ({:.1} MB) to {} as version {} ({:?}) in {:.3} s",
@@ -113,7 +125,8 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"endpoint": ep.base(), "checkpoint": dir, "mode": format!("{:?}", a.mode).to_lowercase(),
-                "version": a.version, "bytes": bytes, "call_s": call_s})
+                "version": a.version, "bytes": bytes, "call_s": call_s,
+                "probe": probe.map(|(s, o)| serde_json::json!({"served": s, "ours": o}))})
         );
     }
     Ok(())

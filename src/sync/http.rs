@@ -269,6 +269,28 @@ impl SyncDirs {
     }
 }
 
+/// Check a checkpoint directory before a server is told to load it: it must hold at least one
+/// `.safetensors` file and every one must be whole (a corrupt file can take the server down:
+/// SGLang 0.5.23 exits, vLLM's worker breaks). Errors name the directory or file.
+pub fn check_checkpoint_dir(dir: &Path) -> Result<()> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read checkpoint directory {}", dir.display()))?
+    {
+        let p = e
+            .with_context(|| format!("cannot read checkpoint directory {}", dir.display()))?
+            .path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            crate::policy::weights::check_safetensors(&p)?;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        bail!("{} holds no safetensors checkpoint", dir.display());
+    }
+    Ok(())
+}
+
 /// Bytes under a directory (for publish-rate figures).
 pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)

@@ -1,13 +1,17 @@
 //! SGLang full weights from disk: `POST /update_weights_from_disk {model_path, weight_version,
 //! flush_cache}` (it pauses and flushes by itself), verified with `GET /get_model_info`'s
-//! `weight_version` where reported and the greedy log-prob probe.
+//! `weight_version` and the greedy log-prob probe. Verified against SGLang 0.5.23 on CPU
+//! (scripts/install-sglang-cpu.sh, tests/server_sglang.rs): a bad path is answered with HTTP 400
+//! `success: false` and the server keeps serving its previous weights; a successful update also
+//! renames the served model to the directory path (requests' `model` field is not checked).
 
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::http::{dir_bytes, verify_probe, Admin, SyncDirs};
+use super::http::{check_checkpoint_dir, dir_bytes, verify_probe, Admin, SyncDirs};
 use super::vllm::SyncOptions;
 use super::{write_version, Payload, SyncTiming, WeightSync};
 use crate::policy::Policy;
@@ -34,19 +38,32 @@ impl SglangFullSync {
     }
 }
 
-impl WeightSync for SglangFullSync {
-    fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
+impl SglangFullSync {
+    /// Load the HF checkpoint in `dir` on every server as `version` and check the version the
+    /// server then reports (no probe: the caller may not hold the matching policy). Returns
+    /// seconds spent. The directory is checked first (whole safetensors files), since SGLang
+    /// exits on a corrupt one.
+    pub fn reload_dir(&self, dir: &Path, version: u64) -> Result<f64> {
         let t = Instant::now();
-        let dir = write_version(&self.dirs, policy, Payload::Full, self.opts.kind, version)?;
-        let write_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
+        check_checkpoint_dir(dir)?;
+        let dir = std::fs::canonicalize(dir)
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
         for tg in &self.admin.targets {
-            let v = self.admin.post_ok(
-                tg,
-                "/update_weights_from_disk",
-                Some(&json!({"model_path": dir.to_string_lossy(),
-                    "weight_version": version.to_string(), "flush_cache": true})),
-            )?;
+            let v = self
+                .admin
+                .post_ok(
+                    tg,
+                    "/update_weights_from_disk",
+                    Some(&json!({"model_path": dir.to_string_lossy(),
+                        "weight_version": version.to_string(), "flush_cache": true})),
+                )
+                .with_context(|| {
+                    format!(
+                        "{}: loading {} failed; if the server stopped answering, restart it (scripts/serve-sglang.sh)",
+                        tg.base,
+                        dir.display()
+                    )
+                })?;
             if v.get("success").and_then(Value::as_bool) != Some(true) {
                 bail!(
                     "POST {}/update_weights_from_disk: {}",
@@ -54,17 +71,30 @@ impl WeightSync for SglangFullSync {
                     v.get("message").cloned().unwrap_or(v.clone())
                 );
             }
-            if let Ok(info) = self.admin.get_ok(tg, "/get_model_info") {
-                if let Some(w) = info.get("weight_version").filter(|w| !w.is_null()) {
-                    if w.as_str() != Some(version.to_string().as_str())
-                        && w.as_u64() != Some(version)
-                    {
-                        bail!("{}: /get_model_info reports weight_version {w} after publishing {version}", tg.base);
-                    }
-                }
+            let info = self.admin.get_ok(tg, "/get_model_info")?;
+            let served = info.get("weight_version").cloned().unwrap_or(Value::Null);
+            let matches = match &served {
+                Value::String(s) => s == &version.to_string(),
+                Value::Number(n) => n.as_u64() == Some(version),
+                _ => false,
+            };
+            if !matches {
+                bail!(
+                    "{}: GET /get_model_info reports weight_version {served} after publishing {version}",
+                    tg.base
+                );
             }
         }
-        let call_s = t.elapsed().as_secs_f64();
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+impl WeightSync for SglangFullSync {
+    fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
+        let t = Instant::now();
+        let dir = write_version(&self.dirs, policy, Payload::Full, self.opts.kind, version)?;
+        let write_s = t.elapsed().as_secs_f64();
+        let call_s = self.reload_dir(&dir, version)?;
         let t = Instant::now();
         if self.opts.verify_tol > 0.0 {
             for tg in &self.admin.targets {

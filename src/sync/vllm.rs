@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::Kind;
 
-use super::http::{dir_bytes, verify_probe, Admin, SyncDirs};
+use super::http::{check_checkpoint_dir, dir_bytes, verify_probe, Admin, SyncDirs};
 use super::{write_version, Payload, SyncTiming, WeightSync};
 use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
@@ -59,21 +59,8 @@ impl VllmFullSync {
     /// (no probe: the caller may not hold the matching policy). Returns seconds spent.
     pub fn reload_dir(&self, dir: &std::path::Path, version: u64) -> Result<f64> {
         let t = Instant::now();
-        if !dir.join("config.json").exists() && !dir.join("model.safetensors.index.json").exists() {
-            // A missing path leaves vLLM's worker broken: never send one.
-            let has_st = std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok())
-                        .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-                })
-                .unwrap_or(false);
-            if !has_st {
-                bail!(
-                    "{} holds no safetensors checkpoint; not sending it to the server (a bad path breaks vLLM's worker)",
-                    dir.display()
-                );
-            }
-        }
+        // A missing path or a corrupt file leaves vLLM's worker broken: never send one.
+        check_checkpoint_dir(dir)?;
         let dir = std::fs::canonicalize(dir)
             .with_context(|| format!("cannot resolve {}", dir.display()))?;
         let path = dir.to_string_lossy().into_owned();
@@ -204,6 +191,7 @@ impl VllmLoraSync {
                 dir.display()
             );
         }
+        check_checkpoint_dir(dir)?;
         let dir = std::fs::canonicalize(dir)
             .with_context(|| format!("cannot resolve {}", dir.display()))?;
         for tg in &self.admin.targets {
