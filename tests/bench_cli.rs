@@ -1,0 +1,71 @@
+//! `cures bench publish` end to end on the tiny fixture model (disk only, no server): the rows
+//! it prints are whole, and the directory it wrote in is left clean.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn bench_publish_reports_full_and_lora_rows_and_cleans_up() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy/tiny-llama");
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args([
+            "bench",
+            "publish",
+            "--reps",
+            "1",
+            "--lora-rank",
+            "4",
+            "--json",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run cures");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("json line")).expect("json");
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["payload"], "full");
+    assert_eq!(rows[1]["payload"], "lora");
+    for r in rows {
+        assert!(r["bytes"].as_u64().expect("bytes") > 0, "{r}");
+        assert!(r["write_s"].as_f64().expect("write_s") > 0.0, "{r}");
+        assert!(r["call_s"].is_null(), "no server, no call: {r}");
+        assert!(r["write_vs_dd"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    }
+    // The full checkpoint (bf16) is bigger than the rank-4 adapter.
+    assert!(rows[0]["bytes"].as_u64() > rows[1]["bytes"].as_u64());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert!(left.is_empty(), "bench publish left {left:?}");
+}
+
+#[test]
+fn bench_inflight_without_a_server_is_a_clear_error() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy/tiny-llama");
+    let out = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args([
+            "bench",
+            "inflight",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--levels",
+            "1,2",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .expect("run cures");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no server at http://127.0.0.1:9"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
