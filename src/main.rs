@@ -172,7 +172,8 @@ enum BenchCommand {
         /// OpenAI-compatible server for the client-overhead row.
         #[arg(long)]
         endpoint: Option<String>,
-        /// Model directory whose tokenizer encodes the client bench prompts.
+        /// Model directory (e.g. SmolLM2): its tokenizer encodes the client bench prompts, and the
+        /// publish-write rows write it.
         #[arg(long)]
         model: Option<PathBuf>,
         /// Smaller sizes, for a quick check.

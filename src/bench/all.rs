@@ -32,7 +32,7 @@ fn na(what: &str, why: String) -> Row {
 pub struct AllOptions {
     /// OpenAI-compatible server for the client-overhead row.
     pub endpoint: Option<String>,
-    /// Model directory whose tokenizer encodes the client bench prompts.
+    /// Model directory: tokenizer for the client prompts; the publish-write rows write it.
     pub model: Option<std::path::PathBuf>,
     /// Smaller sizes (for a quick check).
     pub quick: bool,
@@ -145,6 +145,47 @@ pub fn run(o: &AllOptions) -> Result<Vec<Row>> {
             note: "target ≥ 0.7 of the disk limit".into(),
         }),
         Err(e) => rows.push(na("checkpoint write", format!("{e:#}"))),
+    }
+    // Publish write part (the sync writer) for a real model: full bf16 and a LoRA adapter.
+    match &o.model {
+        Some(model) => {
+            let args = super::publish::PublishBenchArgs {
+                model: model.clone(),
+                endpoint: None,
+                served_model: String::new(),
+                dtype: "bf16".into(),
+                lora_rank: 8,
+                lora_targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                    .map(String::from)
+                    .to_vec(),
+                reps: if o.quick { 1 } else { 3 },
+                dir: Some(std::env::temp_dir()),
+                verify_tol: 0.0,
+                json: false,
+            };
+            match super::publish::run(&args) {
+                Ok(r) => {
+                    for w in r.rows {
+                        rows.push(Row {
+                            what: format!(
+                                "publish write, {} ({:.1} MB bf16) vs dd",
+                                w.payload,
+                                w.bytes as f64 / 1e6
+                            ),
+                            cures: format!("{:.1} ms", 1e3 * w.write_s),
+                            reference: w.dd_s.map_or("n/a".into(), |d| format!("{:.1} ms", 1e3 * d)),
+                            ratio: w.write_vs_dd,
+                            note: "target ≥ 0.7 of the disk limit (server call: cures bench publish --endpoint)".into(),
+                        });
+                    }
+                }
+                Err(e) => rows.push(na("publish write", format!("{e:#}"))),
+            }
+        }
+        None => rows.push(na(
+            "publish write",
+            "needs a model: pass --model DIR (e.g. scripts/fetch-smollm2.sh)".into(),
+        )),
     }
     // Client overhead needs a running server.
     match (&o.endpoint, &o.model) {

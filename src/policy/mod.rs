@@ -552,9 +552,6 @@ impl Policy {
             .context("save_lora: LoRA is not enabled")?;
         let tmp = weights::tmp_dir_for(dir)?;
         let res = (|| -> Result<()> {
-            let mut vars: Vec<(String, Tensor)> = l.vs.variables().into_iter().collect();
-            vars.sort_by_key(|(k, _)| lora_sort_key(k));
-            weights::write_file_as(&tmp.join("adapter_model.safetensors"), &vars, Some(kind))?;
             let acfg = serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
@@ -574,9 +571,15 @@ impl Policy {
                 "rank_pattern": {},
                 "alpha_pattern": {},
             });
-            let p = tmp.join("adapter_config.json");
-            std::fs::write(&p, serde_json::to_string_pretty(&acfg)?)
-                .with_context(|| format!("writing {}", p.display()))?;
+            // The small file first, its writeback started, so the adapter's fsync commits
+            // both in one journal transaction (dd does one fsync; two would cost twice).
+            weights::write_small(
+                &tmp.join("adapter_config.json"),
+                serde_json::to_string_pretty(&acfg)?.as_bytes(),
+            )?;
+            let mut vars: Vec<(String, Tensor)> = l.vs.variables().into_iter().collect();
+            vars.sort_by_key(|(k, _)| lora_sort_key(k));
+            weights::write_file_as(&tmp.join("adapter_model.safetensors"), &vars, Some(kind))?;
             Ok(())
         })();
         if let Err(e) = res {

@@ -147,6 +147,17 @@ fn target_kind(t: &Tensor, kind: Option<Kind>) -> Kind {
     }
 }
 
+/// Write a small file (configs) and start its writeback without waiting: a later fsync of a
+/// big file in the same directory then usually commits it too ([`commit_dir`] fsyncs it anyway).
+pub fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    start_writeback(&f, 0, bytes.len());
+    Ok(())
+}
+
 /// Write tensors (already in their final kind, any device) to one safetensors file with
 /// `{"format": "pt"}` metadata, in the order given.
 pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
