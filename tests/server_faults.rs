@@ -94,10 +94,12 @@ fn surplus_choices_are_dropped_not_double_counted() {
 
 #[test]
 fn stale_completions_are_discarded_and_regenerated() {
-    // The first reply per prompt carries an old weight version; later ones the current one.
-    let srv = FakeServer::start(Box::new(|_, _, body, k| {
+    // The first reply per prompt (its own seed, 0 or 1) carries an old weight version; top-ups
+    // (derived seeds) the current one, in whatever order the requests arrive.
+    let srv = FakeServer::start(Box::new(|_, _, body, _| {
         let n = body["n"].as_u64().unwrap_or(1) as usize;
-        let v = if k < 2 { 3 } else { 5 };
+        let first = body["seed"].as_u64().is_some_and(|s| s < 2);
+        let v = if first { 3 } else { 5 };
         Reply::json(completion_reply(n, 2, Some(v)))
     }));
     let c = cfg(&[srv.url()]);
