@@ -218,7 +218,7 @@ fn sglang_cpu_contract() {
         .expect("model info");
     assert_eq!(info["weight_version"], serde_json::json!("9"));
     let (_, lp_after) = served_lp(&admin, &prompt);
-    assert!((lp_after - lp2).abs() < 0.02, "unchanged weights");
+    assert!((lp_after - lp2).abs() < 0.05, "unchanged weights");
     let verdict = cures::sync::http::verify_probe(
         &admin,
         &admin.targets[0],
@@ -260,8 +260,17 @@ fn sglang_cpu_contract() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("verified"), "{stdout}");
-    let (_, lp_back) = served_lp(&admin, &prompt);
-    assert!((lp_back - base_lp).abs() < 0.05, "{lp_back} vs {base_lp}");
+    // Back on the original weights: near the trainer's log-prob, far from v2's. (Served values
+    // move by a few hundredths between a fresh prompt and a prefix-cache hit in bf16, so the
+    // comparison is against the f32 trainer, not an earlier served number.)
+    let (tok_back, lp_back) = served_lp(&admin, &prompt);
+    let ours_back = trainer_logprob(&policy, &prompt, tok_back).expect("lp");
+    eprintln!("after cures sync: served {lp_back:.4} vs tch {ours_back:.4} (v2 served {lp2:.4})");
+    assert!(
+        (lp_back - ours_back).abs() < 0.25,
+        "{lp_back} vs tch {ours_back}"
+    );
+    assert!((lp_back - lp2).abs() > 1.0, "{lp_back} vs v2 {lp2}");
 
     // 5. `cures run` with SGLang as the engine (full-weight sync every step).
     let run_out = tmp.path().join("run");

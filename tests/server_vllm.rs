@@ -137,11 +137,15 @@ fn vllm_cpu_contract() {
         7,
     )
     .expect("lora");
+    // Same adapter every run (variables in name order), and small like a trained one: vLLM-CPU's
+    // bf16 LoRA path drifts from f32 by 0.2+ nats for large random adapters (B ~ 0.3·N(0, 1)).
     tch::manual_seed(11);
     tch::no_grad(|| {
-        for (name, mut t) in lpol.trainable_var_store().variables() {
+        let mut vars: Vec<_> = lpol.trainable_var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in vars {
             if name.contains("lora_B") {
-                let r = t.randn_like() * 0.3;
+                let r = t.randn_like() * 0.1;
                 t.copy_(&r);
             }
         }
@@ -166,10 +170,13 @@ fn vllm_cpu_contract() {
     // A second version goes to a fresh directory; old ones are pruned beyond `keep`.
     lsync.publish(&lpol, 2).expect("LoRA publish 2");
     // A changed adapter under the same name replaces the served one (unload + load).
+    tch::manual_seed(12);
     tch::no_grad(|| {
-        for (name, mut t) in lpol.trainable_var_store().variables() {
+        let mut vars: Vec<_> = lpol.trainable_var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in vars {
             if name.contains("lora_B") {
-                let r = &t * -1.0;
+                let r = t.randn_like() * 0.2;
                 t.copy_(&r);
             }
         }
@@ -182,8 +189,8 @@ fn vllm_cpu_contract() {
     eprintln!("changed adapter: probe token {tok3}: served {lp3:.4} vs tch {ours3:.4}");
     assert!((lp3 - ours3).abs() < 0.25);
     assert!(
-        tok3 != tok1 || (lp3 - lora_lp).abs() > 1e-3,
-        "the changed adapter is served"
+        tok3 != tok1 || (lp3 - lora_lp).abs() > 0.1,
+        "the changed adapter is served ({lp3} vs {lora_lp} before)"
     );
     let kept = std::fs::read_dir(tmp.path().join("lora"))
         .expect("dir")

@@ -53,7 +53,7 @@ pub fn http_get_status(url: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A server process, killed (by PID) and reaped on drop.
+/// A server process and everything it spawned (one process group), killed and reaped on drop.
 pub struct ServerProc {
     pub child: Option<Child>,
     pub port: u16,
@@ -65,6 +65,9 @@ impl ServerProc {
     pub fn start(mut cmd: Command, port: u16, log: &Path, timeout: Duration) -> ServerProc {
         let f = std::fs::File::create(log).expect("log file");
         let f2 = f.try_clone().expect("log file");
+        // Its own process group, so `kill` reaches everything it starts (vLLM's engine core and
+        // worker, SGLang's scheduler), not only the launcher.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(f))
@@ -98,9 +101,15 @@ impl ServerProc {
         format!("http://127.0.0.1:{}{route}", self.port)
     }
 
-    /// Kill (SIGKILL) and reap.
+    /// Kill (SIGKILL) the server's whole process group and reap the launcher.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: a plain syscall; the group id is the launcher's pid (process_group(0)).
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
