@@ -78,6 +78,9 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Convert model files from other formats into HF checkpoint directories.
+    #[command(subcommand)]
+    Convert(ConvertCommand),
     /// Publish a checkpoint to a running inference server (vLLM LoRA / full weights, SGLang).
     Sync(cures::sync::cli::SyncArgs),
     /// Stage 0 alone: N' rollouts of every prompt, posterior and σ statistics, as CSV — a map of
@@ -136,6 +139,23 @@ struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum ConvertCommand {
+    /// A llama.cpp llama GGUF (F32/F16/BF16/Q4_0/Q4_1/Q8_0 tensors) → an f32 HF safetensors
+    /// directory (config.json, generation_config.json, tokenizer files).
+    Gguf {
+        /// The GGUF file.
+        #[arg(long)]
+        gguf: PathBuf,
+        /// Directory with tokenizer.json (and tokenizer_config.json etc., copied when present).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Output directory (must not exist; written atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -447,6 +467,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Reward(c) => cures::reward::cli::run(c)?,
         Command::Sync(a) => cures::sync::cli::run(&a)?,
+        Command::Convert(ConvertCommand::Gguf {
+            gguf,
+            tokenizer,
+            out,
+        }) => {
+            let t0 = std::time::Instant::now();
+            cures::policy::gguf::convert_llama_gguf(&gguf, &tokenizer, &out)?;
+            println!(
+                "wrote {} in {:.1} s",
+                out.display(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
         Command::Bench(BenchCommand::All {
             endpoint,
             model,

@@ -10,8 +10,8 @@ PY="${PYTHON:-python3}"
 REQS=(
   "numpy>=1.26"
   "math-verify>=0.8"
-  # policy parity fixtures, train-step reference, SmolLM2 conversion (scripts/make-tiny-models.py,
-  # scripts/bench/train_step_ref.py, scripts/fetch-smollm2.sh); torch==2.11.0 matches libtorch.
+  # policy parity fixtures, train-step reference, SmolLM2 fixtures (scripts/make-tiny-models.py,
+  # scripts/bench/train_step_ref.py, scripts/smollm2-server-logprobs.py); torch==2.11.0 matches libtorch.
   "torch==2.11.0"
   "transformers>=4.51"
   "tokenizers"

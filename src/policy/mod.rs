@@ -34,10 +34,12 @@
 //! `scripts/make-tiny-models.py` (tiny Qwen2/Llama vs transformers, chat templates, `verify`
 //! of checkpoints written by cures in transformers + peft); `scripts/fetch-smollm2.sh` (real
 //! model, then `CURES_SMOLLM2_DIR=... cargo test --release --test policy_smollm2`).
+//! [`gguf::convert_llama_gguf`] (`cures convert gguf`) turns a llama.cpp GGUF into such a directory.
 
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;
