@@ -269,6 +269,25 @@ impl SyncDirs {
     }
 }
 
+/// Check that `tg` reports `weight_version` = `version` at `route` (`/weight_info` on vLLM,
+/// `/get_model_info` on SGLang; a string or a number).
+pub fn check_version(admin: &Admin, tg: &Target, route: &str, version: u64) -> Result<()> {
+    let info = admin.get_ok(tg, route)?;
+    let served = info.get("weight_version").cloned().unwrap_or(Value::Null);
+    let matches = match &served {
+        Value::String(s) => s == &version.to_string(),
+        Value::Number(n) => n.as_u64() == Some(version),
+        _ => false,
+    };
+    if !matches {
+        bail!(
+            "{}: GET {route} reports weight_version {served} after publishing {version}",
+            tg.base
+        );
+    }
+    Ok(())
+}
+
 /// Check a checkpoint directory before a server is told to load it: it must hold at least one
 /// `.safetensors` file and every one must be whole (a corrupt file can take the server down:
 /// SGLang 0.5.23 exits, vLLM's worker breaks). Errors name the directory or file.

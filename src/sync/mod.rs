@@ -90,6 +90,45 @@ pub fn write_version(
     Ok(dir)
 }
 
+/// One server-side publish: write `policy`'s `payload` for `version`, hand the directory to the
+/// servers with `call` (returns its seconds), probe every target against the trainer (on the
+/// served model, or on `adapter` when given), prune old versions. Returns where the time went.
+#[allow(clippy::too_many_arguments)]
+fn publish_version(
+    admin: &http::Admin,
+    dirs: &http::SyncDirs,
+    opts: &SyncOptions,
+    policy: &Policy,
+    payload: Payload,
+    version: u64,
+    adapter: Option<&str>,
+    call: impl FnOnce(&Path) -> Result<f64>,
+) -> Result<SyncTiming> {
+    let t = std::time::Instant::now();
+    let dir = write_version(dirs, policy, payload, opts.kind, version)?;
+    let write_s = t.elapsed().as_secs_f64();
+    let call_s = call(&dir)?;
+    let t = std::time::Instant::now();
+    if opts.verify_tol > 0.0 {
+        for tg in &admin.targets {
+            let model = match adapter {
+                Some(a) => a.to_string(),
+                None => admin.model_of(tg)?,
+            };
+            http::verify_probe(admin, tg, &model, policy, opts.verify_tol)?;
+        }
+    }
+    let verify_s = t.elapsed().as_secs_f64();
+    let bytes = http::dir_bytes(&dir);
+    dirs.prune()?;
+    Ok(SyncTiming {
+        write_s,
+        call_s,
+        verify_s,
+        bytes,
+    })
+}
+
 /// Publishes nothing: the server keeps the weights it started with.
 #[derive(Debug, Default)]
 pub struct NoSync;

@@ -11,9 +11,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::http::{check_checkpoint_dir, dir_bytes, verify_probe, Admin, SyncDirs};
+use super::http::{check_checkpoint_dir, check_version, Admin, SyncDirs};
 use super::vllm::SyncOptions;
-use super::{write_version, Payload, SyncTiming, WeightSync};
+use super::{publish_version, Payload, SyncTiming, WeightSync};
 use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
 
@@ -71,19 +71,7 @@ impl SglangFullSync {
                     v.get("message").cloned().unwrap_or(v.clone())
                 );
             }
-            let info = self.admin.get_ok(tg, "/get_model_info")?;
-            let served = info.get("weight_version").cloned().unwrap_or(Value::Null);
-            let matches = match &served {
-                Value::String(s) => s == &version.to_string(),
-                Value::Number(n) => n.as_u64() == Some(version),
-                _ => false,
-            };
-            if !matches {
-                bail!(
-                    "{}: GET /get_model_info reports weight_version {served} after publishing {version}",
-                    tg.base
-                );
-            }
+            check_version(&self.admin, tg, "/get_model_info", version)?;
         }
         Ok(t.elapsed().as_secs_f64())
     }
@@ -91,26 +79,17 @@ impl SglangFullSync {
 
 impl WeightSync for SglangFullSync {
     fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
-        let t = Instant::now();
-        let dir = write_version(&self.dirs, policy, Payload::Full, self.opts.kind, version)?;
-        let write_s = t.elapsed().as_secs_f64();
-        let call_s = self.reload_dir(&dir, version)?;
-        let t = Instant::now();
-        if self.opts.verify_tol > 0.0 {
-            for tg in &self.admin.targets {
-                let model = self.admin.model_of(tg)?;
-                verify_probe(&self.admin, tg, &model, policy, self.opts.verify_tol)?;
-            }
-        }
-        let verify_s = t.elapsed().as_secs_f64();
-        let bytes = dir_bytes(&dir);
-        self.dirs.prune()?;
-        self.timing = Some(SyncTiming {
-            write_s,
-            call_s,
-            verify_s,
-            bytes,
-        });
+        let timing = publish_version(
+            &self.admin,
+            &self.dirs,
+            &self.opts,
+            policy,
+            Payload::Full,
+            version,
+            None,
+            |dir| self.reload_dir(dir, version),
+        )?;
+        self.timing = Some(timing);
         Ok(())
     }
 

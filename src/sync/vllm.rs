@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::Kind;
 
-use super::http::{check_checkpoint_dir, dir_bytes, verify_probe, Admin, SyncDirs};
-use super::{write_version, Payload, SyncTiming, WeightSync};
+use super::http::{check_checkpoint_dir, check_version, Admin, SyncDirs};
+use super::{publish_version, Payload, SyncTiming, WeightSync};
 use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
 
@@ -109,19 +109,7 @@ impl VllmFullSync {
                 Some(&json!({"new_version": version.to_string()})),
             )?;
             self.admin.post_ok(t, "/resume", None)?;
-            let info = self.admin.get_ok(t, "/weight_info")?;
-            let served = info.get("weight_version").cloned().unwrap_or(Value::Null);
-            let matches = match &served {
-                Value::String(s) => s == &version.to_string(),
-                Value::Number(n) => n.as_u64() == Some(version),
-                _ => false,
-            };
-            if !matches {
-                bail!(
-                    "{}: GET /weight_info reports weight_version {served} after publishing {version}",
-                    t.base
-                );
-            }
+            check_version(&self.admin, t, "/weight_info", version)?;
         }
         Ok(t.elapsed().as_secs_f64())
     }
@@ -129,26 +117,17 @@ impl VllmFullSync {
 
 impl WeightSync for VllmFullSync {
     fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
-        let t = Instant::now();
-        let dir = write_version(&self.dirs, policy, Payload::Full, self.opts.kind, version)?;
-        let write_s = t.elapsed().as_secs_f64();
-        let call_s = self.reload_dir(&dir, version)?;
-        let t = Instant::now();
-        if self.opts.verify_tol > 0.0 {
-            for tg in &self.admin.targets {
-                let model = self.admin.model_of(tg)?;
-                verify_probe(&self.admin, tg, &model, policy, self.opts.verify_tol)?;
-            }
-        }
-        let verify_s = t.elapsed().as_secs_f64();
-        let bytes = dir_bytes(&dir);
-        self.dirs.prune()?;
-        self.timing = Some(SyncTiming {
-            write_s,
-            call_s,
-            verify_s,
-            bytes,
-        });
+        let timing = publish_version(
+            &self.admin,
+            &self.dirs,
+            &self.opts,
+            policy,
+            Payload::Full,
+            version,
+            None,
+            |dir| self.reload_dir(dir, version),
+        )?;
+        self.timing = Some(timing);
         Ok(())
     }
 
@@ -238,31 +217,17 @@ impl WeightSync for VllmLoraSync {
         if policy.lora_config().is_none() {
             bail!("rollout.sync = \"vllm_lora\" needs a policy with LoRA enabled");
         }
-        let t = Instant::now();
-        let dir = write_version(&self.dirs, policy, Payload::Lora, self.opts.kind, version)?;
-        let write_s = t.elapsed().as_secs_f64();
-        let call_s = self.load_dir(&dir)?;
-        let t = Instant::now();
-        if self.opts.verify_tol > 0.0 {
-            for tg in &self.admin.targets {
-                verify_probe(
-                    &self.admin,
-                    tg,
-                    &self.lora_name,
-                    policy,
-                    self.opts.verify_tol,
-                )?;
-            }
-        }
-        let verify_s = t.elapsed().as_secs_f64();
-        let bytes = dir_bytes(&dir);
-        self.dirs.prune()?;
-        self.timing = Some(SyncTiming {
-            write_s,
-            call_s,
-            verify_s,
-            bytes,
-        });
+        let timing = publish_version(
+            &self.admin,
+            &self.dirs,
+            &self.opts,
+            policy,
+            Payload::Lora,
+            version,
+            Some(&self.lora_name),
+            |dir| self.load_dir(dir),
+        )?;
+        self.timing = Some(timing);
         Ok(())
     }
 
