@@ -13,9 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cures::policy::Policy;
-use cures::rollout::{
-    EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig, RolloutEngine, RolloutRequest,
-};
+use cures::rollout::{EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig, RolloutEngine};
 use cures::sync::http::{probe_prompt, trainer_logprob, Admin};
 use cures::sync::{SglangFullSync, SyncOptions, WeightSync};
 use support::ServerProc;
@@ -89,48 +87,8 @@ fn sglang_cpu_contract() {
     };
     let mut engine = OpenAiEngine::new(&cfg, Some(tok.clone())).expect("engine");
     let prompt = probe_prompt(&policy).expect("prompt");
-    let ns = [1usize, 3, 2];
-    let reqs: Vec<RolloutRequest> = ns
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| RolloutRequest {
-            prompt_ids: prompt.clone(),
-            n,
-            seed: 10 + i as u64,
-        })
-        .collect();
-    let comps = engine.generate(&reqs, &cfg).expect("generate");
-    let mut per = [0usize; 3];
-    for c in &comps {
-        per[c.request] += 1;
-        assert!(!c.token_ids.is_empty());
-        let lp = c.logprobs.as_ref().expect("SGLang returns log-probs");
-        assert_eq!(lp.len(), c.token_ids.len());
-        assert!(lp.iter().all(|x| x.is_finite() && *x <= 0.0));
-    }
-    assert_eq!(per, ns);
-    let st = engine.last_stats();
-    assert_eq!(st.retokenized, 0, "token ids come from the server");
-    assert_eq!(st.topups, 0, "SGLang honours n");
-    let c = &comps[0];
-    let ours = policy
-        .logprobs(&[(prompt.clone(), c.token_ids.clone())], 1 << 16)
-        .expect("logprobs");
-    let ours: Vec<f64> = Vec::<f64>::try_from(ours[0].logprobs.to_kind(Kind::Double)).expect("vec");
-    let served = c.logprobs.as_ref().expect("lp");
-    let max_diff = ours
-        .iter()
-        .zip(served)
-        .map(|(a, b)| (a - f64::from(*b)).abs())
-        .fold(0.0, f64::max);
-    eprintln!(
-        "served vs tch log-probs over {} tokens: max |diff| {max_diff:.4}",
-        ours.len()
-    );
-    assert!(
-        max_diff < 0.5,
-        "served log-probs differ from the tch policy by {max_diff}"
-    );
+    let reqs = support::served::check_generation(&mut engine, &cfg, &policy, &prompt);
+    assert_eq!(engine.last_stats().topups, 0, "SGLang honours n");
 
     // 2. Full weights: the trainer's weights as v1, then changed ones as v2.
     let admin = Admin::new(std::slice::from_ref(&ep), Duration::from_secs(120)).expect("admin");
@@ -274,44 +232,7 @@ fn sglang_cpu_contract() {
 
     // 5. `cures run` with SGLang as the engine (full-weight sync every step).
     let run_out = tmp.path().join("run");
-    let t = Instant::now();
-    let sets: Vec<String> = vec![
-        format!("model.path={}", model.display()),
-        "model.device=cpu".into(),
-        "data.eval=[]".into(),
-        "batch.prompts=2".into(),
-        "batch.budget=4".into(),
-        "curriculum.strategy=grpo".into(),
-        "iterations.subsets=1".into(),
-        "iterations.steps=2".into(),
-        "iterations.init_rollouts=0".into(),
-        "run.steps=2".into(),
-        "train.kl_coef=0".into(),
-        "reward.fallback_last_number=true".into(),
-        "rollout.engine=openai".into(),
-        "rollout.chat=true".into(),
-        "rollout.max_tokens=24".into(),
-        "rollout.sync=sglang_full".into(),
-        format!("rollout.endpoints=[{{url = \"{url}\", model = \"smol\"}}]"),
-    ];
-    let config =
-        cures::config::Config::from_toml_str("", "<server_sglang>", &sets).expect("config");
-    let summary = cures::run::run(cures::run::RunOptions {
-        config,
-        out: Some(run_out.clone()),
-        resume: false,
-        quiet: true,
-    })
-    .expect("cures run with the SGLang engine");
-    eprintln!(
-        "cures run (2 steps, SGLang engine, full sync each step) in {:.1} s; mean s/step: generate {:.2}, train {:.2}, sync {:.2}",
-        t.elapsed().as_secs_f64(),
-        summary.phase_s[2],
-        summary.phase_s[4],
-        summary.phase_s[5]
-    );
-    let steps = std::fs::read_to_string(run_out.join("steps.csv")).expect("steps.csv");
-    assert_eq!(steps.lines().count(), 3, "header + 2 steps:\n{steps}");
+    support::served::short_run(&model, &url, "sglang_full", &run_out);
     let info = admin
         .get_ok(&admin.targets[0], "/get_model_info")
         .expect("model info");

@@ -12,9 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cures::policy::{LoraConfig, Policy};
-use cures::rollout::{
-    EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig, RolloutEngine, RolloutRequest,
-};
+use cures::rollout::{EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig};
 use cures::sync::http::{probe_prompt, trainer_logprob, Admin};
 use cures::sync::{SyncOptions, VllmFullSync, VllmLoraSync, WeightSync};
 use support::ServerProc;
@@ -74,47 +72,7 @@ fn vllm_cpu_contract() {
     };
     let mut engine = OpenAiEngine::new(&cfg, Some(tok.clone())).expect("engine");
     let prompt = probe_prompt(&policy).expect("prompt");
-    let ns = [1usize, 3, 2];
-    let reqs: Vec<RolloutRequest> = ns
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| RolloutRequest {
-            prompt_ids: prompt.clone(),
-            n,
-            seed: 10 + i as u64,
-        })
-        .collect();
-    let comps = engine.generate(&reqs, &cfg).expect("generate");
-    let mut per = [0usize; 3];
-    for c in &comps {
-        per[c.request] += 1;
-        assert!(!c.token_ids.is_empty());
-        let lp = c.logprobs.as_ref().expect("vLLM returns log-probs");
-        assert_eq!(lp.len(), c.token_ids.len());
-        assert!(lp.iter().all(|x| x.is_finite() && *x <= 0.0));
-    }
-    assert_eq!(per, ns);
-    assert_eq!(engine.last_stats().retokenized, 0);
-    // Served log-probs of sampled tokens agree with the tch policy (bf16 server vs f32 trainer).
-    let c = &comps[0];
-    let ours = policy
-        .logprobs(&[(prompt.clone(), c.token_ids.clone())], 1 << 16)
-        .expect("logprobs");
-    let ours: Vec<f64> = Vec::<f64>::try_from(ours[0].logprobs.to_kind(Kind::Double)).expect("vec");
-    let served = c.logprobs.as_ref().expect("lp");
-    let max_diff = ours
-        .iter()
-        .zip(served)
-        .map(|(a, b)| (a - f64::from(*b)).abs())
-        .fold(0.0, f64::max);
-    eprintln!(
-        "served vs tch log-probs over {} tokens: max |diff| {max_diff:.4}",
-        ours.len()
-    );
-    assert!(
-        max_diff < 0.5,
-        "served log-probs differ from the tch policy by {max_diff}"
-    );
+    support::served::check_generation(&mut engine, &cfg, &policy, &prompt);
 
     let admin = Admin::new(std::slice::from_ref(&ep), Duration::from_secs(120)).expect("admin");
     let (tok0, base_lp) = served_lp(&admin, "smol", &prompt);
@@ -245,46 +203,7 @@ fn vllm_cpu_contract() {
 
     // 4. `cures run` with vLLM as the engine (full-weight sync every step).
     let out = tmp.path().join("run");
-    // In-process (the shared target directory's binary may be rebuilt by others meanwhile).
-    let t = Instant::now();
-    let sets: Vec<String> = [
-        format!("model.path={}", model.display()),
-        "model.device=cpu".into(),
-        "data.eval=[]".into(),
-        "batch.prompts=2".into(),
-        "batch.budget=4".into(),
-        "curriculum.strategy=grpo".into(),
-        "iterations.subsets=1".into(),
-        "iterations.steps=2".into(),
-        "iterations.init_rollouts=0".into(),
-        "run.steps=2".into(),
-        "train.kl_coef=0".into(),
-        "reward.fallback_last_number=true".into(),
-        "rollout.engine=openai".into(),
-        "rollout.chat=true".into(),
-        "rollout.max_tokens=24".into(),
-        "rollout.sync=vllm_full".into(),
-        format!("rollout.endpoints=[{{url = \"{url}\", model = \"smol\"}}]"),
-    ]
-    .into_iter()
-    .collect();
-    let config = cures::config::Config::from_toml_str("", "<server_vllm>", &sets).expect("config");
-    let summary = cures::run::run(cures::run::RunOptions {
-        config,
-        out: Some(out.clone()),
-        resume: false,
-        quiet: true,
-    })
-    .expect("cures run with the vLLM engine");
-    eprintln!(
-        "cures run (2 steps, vLLM engine, full sync each step) in {:.1} s; mean s/step: generate {:.2}, train {:.2}, sync {:.2}",
-        t.elapsed().as_secs_f64(),
-        summary.phase_s[2],
-        summary.phase_s[4],
-        summary.phase_s[5]
-    );
-    let steps = std::fs::read_to_string(out.join("steps.csv")).expect("steps.csv");
-    assert_eq!(steps.lines().count(), 3, "{steps}");
+    let steps = support::served::short_run(&model, &url, "vllm_full", &out);
     assert!(steps
         .lines()
         .next()

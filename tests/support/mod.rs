@@ -3,6 +3,8 @@
 //! slow answers, too few choices, stale versions).
 #![allow(dead_code)]
 
+pub mod served;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
