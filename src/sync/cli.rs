@@ -10,8 +10,9 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use super::http::{dir_bytes, verify_probe, Admin};
+use super::server::SyncOptions;
 use super::sglang::SglangFullSync;
-use super::vllm::{SyncOptions, VllmFullSync, VllmLoraSync};
+use super::vllm::{VllmFullSync, VllmLoraSync};
 use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
 

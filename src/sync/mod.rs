@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod server;
 pub mod sglang;
 pub mod vllm;
 
@@ -18,8 +19,9 @@ use tch::Kind;
 use crate::policy::Policy;
 use crate::rollout::{EngineKind, RolloutConfig, SyncKind};
 
+pub use server::{ServerBackend, ServerSync, SyncOptions};
 pub use sglang::SglangFullSync;
-pub use vllm::{SyncOptions, VllmFullSync, VllmLoraSync};
+pub use vllm::{VllmFullSync, VllmLoraSync};
 
 /// Where the seconds of the last publish went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

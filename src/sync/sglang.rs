@@ -6,51 +6,36 @@
 //! renames the served model to the directory path (requests' `model` field is not checked).
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::http::{check_checkpoint_dir, check_version, Admin, SyncDirs};
-use super::vllm::SyncOptions;
-use super::{publish_version, Payload, SyncTiming, WeightSync};
-use crate::policy::Policy;
+use super::http::{check_version, Admin};
+use super::server::{ServerBackend, ServerSync, SyncOptions};
+use super::Payload;
 use crate::rollout::EndpointConfig;
 
 /// SGLang full-weight reload from disk.
-#[derive(Debug)]
-pub struct SglangFullSync {
-    admin: Admin,
-    dirs: SyncDirs,
-    opts: SyncOptions,
-    timing: Option<SyncTiming>,
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SglangFull;
+
+/// SGLang full-weight sync.
+pub type SglangFullSync = ServerSync<SglangFull>;
 
 impl SglangFullSync {
     /// A sync to every server in `endpoints`.
     pub fn new(endpoints: &[EndpointConfig], opts: SyncOptions) -> Result<Self> {
-        Ok(Self {
-            admin: Admin::new(endpoints, opts.timeout)?,
-            dirs: SyncDirs::new(&opts.dir, opts.keep)?,
-            opts,
-            timing: None,
-        })
+        Self::with_backend(endpoints, opts, SglangFull)
     }
 }
 
-impl SglangFullSync {
-    /// Load the HF checkpoint in `dir` on every server as `version` and check the version the
-    /// server then reports (no probe: the caller may not hold the matching policy). Returns
-    /// seconds spent. The directory is checked first (whole safetensors files), since SGLang
-    /// exits on a corrupt one.
-    pub fn reload_dir(&self, dir: &Path, version: u64) -> Result<f64> {
-        let t = Instant::now();
-        check_checkpoint_dir(dir)?;
-        let dir = std::fs::canonicalize(dir)
-            .with_context(|| format!("cannot resolve {}", dir.display()))?;
-        for tg in &self.admin.targets {
-            let v = self
-                .admin
+impl ServerBackend for SglangFull {
+    const NAME: &'static str = "sglang_full";
+    const PAYLOAD: Payload = Payload::Full;
+
+    fn reload(&self, admin: &Admin, dir: &Path, version: u64) -> Result<()> {
+        for tg in &admin.targets {
+            let v = admin
                 .post_ok(
                     tg,
                     "/update_weights_from_disk",
@@ -71,33 +56,8 @@ impl SglangFullSync {
                     v.get("message").cloned().unwrap_or(v.clone())
                 );
             }
-            check_version(&self.admin, tg, "/get_model_info", version)?;
+            check_version(admin, tg, "/get_model_info", version)?;
         }
-        Ok(t.elapsed().as_secs_f64())
-    }
-}
-
-impl WeightSync for SglangFullSync {
-    fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
-        let timing = publish_version(
-            &self.admin,
-            &self.dirs,
-            &self.opts,
-            policy,
-            Payload::Full,
-            version,
-            None,
-            |dir| self.reload_dir(dir, version),
-        )?;
-        self.timing = Some(timing);
         Ok(())
-    }
-
-    fn name(&self) -> &'static str {
-        "sglang_full"
-    }
-
-    fn last_timing(&self) -> Option<SyncTiming> {
-        self.timing
     }
 }
