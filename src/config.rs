@@ -132,6 +132,10 @@ pub struct DataConfig {
     pub eval: Vec<String>,
     /// At most this many problems per held-out set (0 = all).
     pub eval_max: usize,
+    /// Training prompts longer than this many tokens (after the template) are dropped at load
+    /// and counted; 0 = the model's context (`max_position_embeddings`) minus
+    /// `rollout.max_tokens`, so every kept prompt fits with a whole completion.
+    pub max_prompt_tokens: usize,
 }
 
 impl Default for DataConfig {
@@ -140,6 +144,7 @@ impl Default for DataConfig {
             train: "testbed".to_string(),
             eval: vec!["testbed".to_string()],
             eval_max: 0,
+            max_prompt_tokens: 0,
         }
     }
 }

@@ -26,18 +26,34 @@ pub struct Example {
 
 /// Load a dataset: `.jsonl`/`.json` (one object per line) or `.csv` (header row).
 pub fn load(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read dataset {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read dataset {}", path.display()))?;
     let origin = path.display().to_string();
+    let text = decode_text(&bytes, &origin)?;
     let rows = match path.extension().and_then(|e| e.to_str()) {
-        Some("csv") => parse_csv(&text, &origin)?,
-        Some("jsonl") | Some("json") => parse_jsonl(&text, &origin)?,
+        Some("csv") => parse_csv(text, &origin)?,
+        Some("jsonl") | Some("json") => parse_jsonl(text, &origin)?,
         other => bail!(
             "{origin}: unknown dataset format {:?} (expected .jsonl or .csv)",
             other.unwrap_or("")
         ),
     };
     check(rows, &origin)
+}
+
+/// The file as UTF-8 text: a leading byte-order mark is dropped, and bytes that are not UTF-8 are
+/// an error naming the line and column where they start.
+pub fn decode_text<'a>(bytes: &'a [u8], origin: &str) -> Result<&'a str> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        anyhow::anyhow!(
+            "{origin}:{line}:{col}: invalid UTF-8 (byte 0x{:02X}); save the file as UTF-8",
+            bytes[e.valid_up_to()]
+        )
+    })
 }
 
 /// A row as read, with the 1-based line it came from.
@@ -205,6 +221,17 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let (_d, p) = write(
+            "bom.jsonl",
+            "\u{feff}{\"problem\": \"1+1\", \"answer\": \"2\"}\n",
+        );
+        assert_eq!(load(&p).expect("BOM").len(), 1);
+        let (_d, p) = write("bom.csv", "\u{feff}problem,answer\n1+1,2\n");
+        assert_eq!(load(&p).expect("BOM").len(), 1);
+    }
+
+    #[test]
     fn bad_rows_name_file_line_and_field() {
         let (_d, p) = write(
             "bad.jsonl",
@@ -228,6 +255,19 @@ mod tests {
         let e = format!("{:#}", load(&p).unwrap_err());
         assert!(
             e.contains("dup.jsonl:2") && e.contains("duplicate problem"),
+            "{e}"
+        );
+        let (_d, p) = write(
+            "bytes.jsonl",
+            "{\"problem\": \"1+1\", \"answer\": \"2\"}\n{\"problem\": \"caf\u{e9}\", \"answer\": \"2\"}\n",
+        );
+        let mut raw = std::fs::read(&p).expect("read");
+        let at = raw.iter().rposition(|&b| b == 0xC3).expect("é");
+        raw[at] = 0xE9; // Latin-1 é
+        std::fs::write(&p, &raw).expect("write");
+        let e = format!("{:#}", load(&p).unwrap_err());
+        assert!(
+            e.contains("bytes.jsonl:2:17") && e.contains("invalid UTF-8"),
             "{e}"
         );
         let (_d, p) = write("e.jsonl", "\n");

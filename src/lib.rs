@@ -17,6 +17,7 @@ pub mod policy;
 pub mod reward;
 pub mod rollout;
 pub mod run;
+pub mod rundir;
 pub mod sft;
 pub mod simulate;
 pub mod study;

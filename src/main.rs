@@ -29,6 +29,9 @@ enum Command {
         /// The TOML config.
         #[arg(long)]
         config: PathBuf,
+        /// Check the config alone, not the data and model files it names.
+        #[arg(long)]
+        config_only: bool,
     },
     /// Run a strategy against synthetic prompts with known accuracies.
     Simulate(SimulateArgs),
@@ -302,8 +305,16 @@ fn simulate(args: SimulateArgs, set: &[String]) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            config_only,
+        } => {
             let c = Config::load(&config, &cli.set)?;
+            if !config_only {
+                let found = cures::run::check_inputs(&c)
+                    .with_context(|| format!("{}: the inputs it names", config.display()))?;
+                print!("{found}");
+            }
             println!("# {} is valid; resolved configuration:", config.display());
             print!("{}", c.to_toml());
         }
@@ -457,10 +468,13 @@ fn run(cli: Cli) -> Result<()> {
                 "mean seconds per step: init {:.2}, sample {:.3}, generate {:.2}, reward {:.3}, train {:.2}, sync {:.3}",
                 p[0], p[1], p[2], p[3], p[4], p[5]
             );
-            println!(
-                "wrote {}/{{steps.csv,eval.csv,prompts.csv,rollouts.jsonl,checkpoints/}}",
-                s.out.display()
-            );
+            if s.dropped_prompts > 0 {
+                println!(
+                    "dropped {} training prompts too long for the context",
+                    s.dropped_prompts
+                );
+            }
+            println!("wrote {}/{{{}}}", s.out.display(), s.files.join(","));
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             }

@@ -29,7 +29,8 @@ fn every_shipped_config_checks() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let o = cures(&["check", "--config", path.to_str().unwrap()]);
+        // The paper configs name models and data a checkout does not hold: config alone.
+        let o = cures(&["check", "--config-only", "--config", path.to_str().unwrap()]);
         assert!(o.status.success(), "{}: {}", path.display(), stderr(&o));
         assert!(String::from_utf8_lossy(&o.stdout).contains("[curriculum]"));
         n += 1;
@@ -66,6 +67,53 @@ fn bad_configs_fail_with_the_key_and_reason() {
     let o = cures(&["check", "--config", "/nonexistent/x.toml"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/x.toml"), "{}", stderr(&o));
+    // The inputs are checked as `cures run` reads them.
+    let o = cures(&["check", "--config", "configs/demo.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("data.train testbed:") && out.contains("model.path"),
+        "{out}"
+    );
+    for (set, want) in [
+        (
+            "model.path=/nonexistent/model",
+            "/nonexistent/model is not a directory",
+        ),
+        (
+            "data.train=/nonexistent/train.jsonl",
+            "/nonexistent/train.jsonl",
+        ),
+        (
+            "data.eval=[\"/nonexistent/eval.jsonl\"]",
+            "/nonexistent/eval.jsonl",
+        ),
+    ] {
+        let o = cures(&["check", "--config", "configs/demo.toml", "--set", set]);
+        assert!(!o.status.success(), "{set} was accepted");
+        assert!(stderr(&o).contains(want), "{set}: {}", stderr(&o));
+    }
+    // A config.json that declares fewer layers than the checkpoint holds.
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir("assets/testbed-policy").unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let cj = model.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cj).unwrap()).unwrap();
+    let layers = c["num_hidden_layers"].as_i64().unwrap();
+    c["num_hidden_layers"] = (layers - 1).into();
+    std::fs::write(&cj, c.to_string()).unwrap();
+    let set = format!("model.path={}", model.display());
+    let o = cures(&["check", "--config", "configs/demo.toml", "--set", &set]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("declares num_hidden_layers"),
+        "{}",
+        stderr(&o)
+    );
     // --set errors, on any command.
     let o = cures(&["simulate", "--set", "curriculum.tau=0", "--quiet"]);
     assert!(!o.status.success());

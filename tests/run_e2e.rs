@@ -299,3 +299,149 @@ fn init_maps_difficulty_with_both_sigma_estimators() {
     }
     assert!(out.join("init_posterior.json").exists());
 }
+
+/// `cures ...` that must fail: its stderr.
+fn cures_fails(args: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cures");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "cures {args:?} should fail:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// A testbed training set written as a JSONL file (rows in `order`).
+fn write_train(
+    path: &Path,
+    order: impl Fn(Vec<cures::data::Example>) -> Vec<cures::data::Example>,
+) {
+    let mut tb = cures::config::Config::default().testbed;
+    tb.train_per_level = 20;
+    let rows = order(cures::testbed::generate(&tb).train);
+    cures::data::write_jsonl(path, &rows).expect("write train");
+}
+
+fn file_run_args(model: &str, out: &Path, train: &Path, steps: &str) -> Vec<String> {
+    let mut a = small_run_args(model, out.to_str().expect("utf8"), steps);
+    a.push("--set".into());
+    a.push(format!("data.train={}", train.display()));
+    a
+}
+
+#[test]
+fn resume_refuses_a_different_dataset_or_a_changed_key() {
+    let model = policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (train, out) = (tmp.path().join("train.jsonl"), tmp.path().join("run"));
+    write_train(&train, |r| r);
+    run_with(file_run_args(model, &out, &train, "2"));
+    let config_before = std::fs::read_to_string(out.join("config.toml")).expect("config");
+    let resume = |steps: &str, extra: &[&str]| {
+        let mut a = file_run_args(model, &out, &train, steps);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("--resume".into());
+        a
+    };
+
+    // One row fewer: refused with both sizes, no panic.
+    write_train(&train, |mut r| {
+        r.pop();
+        r
+    });
+    let e = cures_fails(&resume("4", &[]));
+    let n = cures::data::load(&train).expect("train").len();
+    let sizes = format!("has {n} prompts, but the run was trained on {}", n + 1);
+    assert!(e.contains(&sizes), "{e}");
+    // Same rows, another order: refused.
+    write_train(&train, |mut r| {
+        r.reverse();
+        r
+    });
+    let e = cures_fails(&resume("4", &[]));
+    assert!(e.contains("not the same rows in the same order"), "{e}");
+    write_train(&train, |r| r);
+    // A key that alters the run: refused, naming it; nothing is written.
+    let e = cures_fails(&resume(
+        "4",
+        &["--set", "curriculum.tau=0.3", "--set", "seed=5"],
+    ));
+    assert!(
+        e.contains("curriculum.tau: 0.1 -> 0.3") && e.contains("seed: "),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.toml")).expect("config"),
+        config_before
+    );
+    assert!(!out.join("checkpoints/step_0000004").exists());
+    // Asking for fewer steps than done: refused.
+    let e = cures_fails(&resume("1", &[]));
+    assert!(e.contains("already did 2 steps"), "{e}");
+
+    // A safe change (more steps, another eval cadence) resumes and is recorded; an orphaned
+    // checkpoint temp dir of a killed process is removed.
+    let orphan = out.join("checkpoints/.step_0000003.tmp4999999");
+    std::fs::create_dir_all(orphan.join("policy")).expect("orphan");
+    run_with(resume("4", &["--set", "run.eval_every=4"]));
+    assert!(!orphan.exists(), "orphaned temp dir left behind");
+    assert!(out.join("checkpoints/step_0000004/state.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.toml")).expect("config"),
+        config_before,
+        "the original config is kept"
+    );
+    let rec: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("resumes.jsonl"))
+            .expect("resumes.jsonl")
+            .trim(),
+    )
+    .expect("json");
+    assert_eq!(rec["at_step"], 2);
+    let keys: Vec<&str> = rec["changed"]
+        .as_array()
+        .expect("changed")
+        .iter()
+        .filter_map(|c| c["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["run.eval_every", "run.steps"]);
+    assert!(out.join("config.resume-step2.toml").exists());
+}
+
+#[test]
+fn overlong_prompts_are_dropped_and_failed_starts_leave_nothing() {
+    let model = policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (train, out) = (tmp.path().join("train.jsonl"), tmp.path().join("run"));
+    write_train(&train, |mut r| {
+        let mut long = r[0].clone();
+        long.id = "long".into();
+        long.problem = format!("{} {}", long.problem, "1+".repeat(5000));
+        r.push(long);
+        let mut huge = r[1].clone();
+        huge.id = "huge".into();
+        huge.problem = "9".repeat(1 << 20);
+        r.push(huge);
+        r
+    });
+    let mut a = file_run_args(model, &out, &train, "1");
+    a.extend(["--set".into(), "run.eval_every=0".into()]);
+    let o = run_with(a);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("dropped 2 training prompts"), "{stdout}");
+    // The final message lists what was written: no eval.csv without evaluation.
+    assert!(
+        stdout.contains("steps.csv") && !stdout.contains("eval.csv"),
+        "{stdout}"
+    );
+    assert!(!out.join("eval.csv").exists());
+
+    // A start that fails (no such model) leaves no run directory behind.
+    let gone = tmp.path().join("never");
+    let a = file_run_args("/nonexistent/model", &gone, &train, "1");
+    let e = cures_fails(&a);
+    assert!(e.contains("/nonexistent/model"), "{e}");
+    assert!(!gone.exists(), "a failed start left {}", gone.display());
+}

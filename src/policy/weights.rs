@@ -65,6 +65,11 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// a JSON header whose tensors have dtypes, shapes and data offsets that fit in the file. Errors
 /// name the file and what is wrong (servers can crash on a corrupt file, so syncs check first).
 pub fn check_safetensors(path: &Path) -> Result<()> {
+    safetensors_shapes(path).map(|_| ())
+}
+
+/// [`check_safetensors`], returning each tensor's name and shape (header only, no data read).
+pub fn safetensors_shapes(path: &Path) -> Result<Vec<(String, Vec<i64>)>> {
     use std::io::Read;
     let bad =
         |why: String| anyhow::anyhow!("{} is not a valid safetensors file: {why}", path.display());
@@ -94,6 +99,7 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
         .as_object()
         .ok_or_else(|| bad("the header is not a JSON object".into()))?;
     let data = size - 8 - hlen;
+    let mut shapes = Vec::with_capacity(map.len());
     for (name, t) in map.iter().filter(|(k, _)| *k != "__metadata__") {
         let offs = t
             .get("data_offsets")
@@ -101,19 +107,23 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
             .filter(|o| o.len() == 2)
             .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
             .ok_or_else(|| bad(format!("tensor {name} has no [begin, end] data_offsets")))?;
-        if t.get("dtype").and_then(|d| d.as_str()).is_none()
-            || t.get("shape").and_then(|s| s.as_array()).is_none()
-        {
+        let shape: Option<Vec<i64>> = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_i64()).collect());
+        let Some(shape) = shape.filter(|_| t.get("dtype").and_then(|d| d.as_str()).is_some())
+        else {
             return Err(bad(format!("tensor {name} has no dtype or shape")));
-        }
+        };
         if offs.0 > offs.1 || offs.1 > data {
             return Err(bad(format!(
                 "tensor {name} spans bytes {}..{} of a {data}-byte data section (truncated?)",
                 offs.0, offs.1
             )));
         }
+        shapes.push((name.clone(), shape));
     }
-    Ok(())
+    Ok(shapes)
 }
 
 /// The safetensors dtype string of a kind.

@@ -1,0 +1,600 @@
+//! `cures run`: the paper's Algorithm 1 (docs/algorithm.md §5–§6, §9).
+//!
+//! ```text
+//! for each step:
+//!     if an iteration starts: N' pre-rollouts of its subset → posterior (+ σ statistics);
+//!                             the reference policy becomes the current weights
+//!     sample m prompts from ρ, allocate n_i (Σ = N)        curriculum
+//!     generate n_i completions of each                    rollout engine
+//!     score them                                          reward
+//!     observe (s_i, n_i)                                  curriculum
+//!     advantages → PPO + KL → AdamW                        train
+//!     publish the new weights                             sync
+//!     log the step; every k steps: eval, posterior trace, checkpoint
+//! ```
+//!
+//! Everything the loop needs to continue lives in the checkpoint (policy, reference, optimiser,
+//! curriculum state with its RNG, counters, the dataset's fingerprint and the config), so
+//! `--resume` continues exactly, and refuses a different dataset or a change of any key that
+//! alters the run ([`crate::rundir`]). Logs are appended a step at a time; checkpoints appear
+//! whole or not at all.
+
+mod check;
+mod init;
+mod setup;
+mod step;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Kind;
+
+use crate::config::Config;
+use crate::curriculum::{Curriculum, CurriculumState};
+use crate::policy::{parse_kind, Policy};
+use crate::rollout::RolloutEngine;
+use crate::rundir::{
+    CheckpointSpace, ConfigChange, CsvLog, DatasetFingerprint, JsonlLog, ResumeRecord, RunDir,
+};
+use crate::sync::WeightSync;
+use crate::train::{advantages, Trainer};
+
+pub use crate::rundir::schema::{EvalRow, PromptTraceRow, StepRow};
+pub use check::{check_inputs, InputCheck};
+pub use init::{init, InitRow, InitSummary};
+pub use setup::{
+    device_of, encode_prompt, encode_with, eval_sets, evaluate, fit_prompts, load_dataset,
+    make_engine, make_sync, prompt_limit, TrainSet,
+};
+use step::{seed_for, Prompts};
+
+/// Counters carried across a resume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Counters {
+    step: u64,
+    weight_version: u64,
+    cum_completions: u64,
+    cum_tokens: u64,
+    cum_init_completions: u64,
+}
+
+/// `state.json` of a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    counters: Counters,
+    curriculum: CurriculumState,
+    config: Config,
+    /// The training set the run was started on (absent in checkpoints before it was recorded).
+    #[serde(default)]
+    dataset: Option<DatasetFingerprint>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run directory.
+    pub out: PathBuf,
+    /// Steps done.
+    pub steps: u64,
+    /// Training completions.
+    pub completions: u64,
+    /// Pre-rollouts (stage-0 completions, not trained on).
+    pub init_completions: u64,
+    /// Training prompts dropped at load as longer than the context allows.
+    pub dropped_prompts: usize,
+    /// Held-out accuracy (first held-out set) before the first step, when evaluated.
+    pub heldout_before: Option<f64>,
+    /// Held-out accuracy after the last step.
+    pub heldout_after: Option<f64>,
+    /// Wall seconds.
+    pub wall_s: f64,
+    /// Mean seconds per phase over the steps: init, sample, generate, reward, train, sync.
+    pub phase_s: [f64; 6],
+    /// What the run directory holds now (`steps.csv`, `checkpoints/`, ...).
+    pub files: Vec<String>,
+}
+
+/// Options of `cures run`.
+pub struct RunOptions {
+    /// The resolved config.
+    pub config: Config,
+    /// Run directory override.
+    pub out: Option<PathBuf>,
+    /// Continue the run in `out` from its latest checkpoint.
+    pub resume: bool,
+    /// No progress bars.
+    pub quiet: bool,
+}
+
+/// A line for the user: above the progress bar when it is drawn, else on stderr (unless quiet).
+fn say(bar: &indicatif::ProgressBar, quiet: bool, line: String) {
+    if !bar.is_hidden() {
+        bar.println(line);
+    } else if !quiet {
+        eprintln!("{line}");
+    }
+}
+
+/// Steps the run goes to: `run.steps`, or every step of every subset.
+fn total_steps(cfg: &Config) -> u64 {
+    cfg.run
+        .steps
+        .unwrap_or(cfg.iterations.subsets * cfg.iterations.steps) as u64
+}
+
+/// The checkpoint a resume continues from, checked against the config before anything loads.
+struct Saved {
+    dir: PathBuf,
+    state: CheckpointState,
+    changes: Vec<ConfigChange>,
+}
+
+impl Saved {
+    fn read(rd: &RunDir, cfg: &Config) -> Result<Saved> {
+        let dir = rd
+            .latest()?
+            .with_context(|| format!("--resume: {} has no checkpoint", rd.dir().display()))?;
+        let p = dir.join("state.json");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let state: CheckpointState = serde_json::from_str(&text)
+            .with_context(|| format!("{}: bad checkpoint state", p.display()))?;
+        let changes = crate::rundir::config_changes(&state.config, cfg)?;
+        crate::rundir::check_changes(&changes, state.counters.step, total_steps(cfg))?;
+        Ok(Saved {
+            dir,
+            state,
+            changes,
+        })
+    }
+
+    /// The curriculum and counters of the checkpoint, once the dataset is known to be its own.
+    fn restore(
+        self,
+        cfg: &Config,
+        data: &DatasetFingerprint,
+        origin: &str,
+    ) -> Result<(Curriculum, Counters)> {
+        match &self.state.dataset {
+            Some(saved) => saved.check(data, origin)?,
+            None if self.state.curriculum.dataset_len != data.rows => anyhow::bail!(
+                "--resume: {origin} has {} prompts, but the run was trained on {}",
+                data.rows,
+                self.state.curriculum.dataset_len
+            ),
+            None => tracing::warn!(
+                "--resume: this checkpoint predates dataset fingerprints: the row order of \
+                 {origin} cannot be checked"
+            ),
+        }
+        Ok((
+            Curriculum::from_state(cfg, self.state.curriculum)?,
+            self.state.counters,
+        ))
+    }
+}
+
+/// Record the config: `config.toml` at the start; on a resume that changed safe keys, the new
+/// config beside it and a line in `resumes.jsonl` (the original is never overwritten).
+fn record_config(rd: &RunDir, cfg: &Config, step: u64, changes: &[ConfigChange]) -> Result<()> {
+    let first = rd.path("config.toml");
+    if !first.exists() {
+        return crate::metrics::write_atomic(&first, cfg.to_toml().as_bytes());
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let now = rd.path(&format!("config.resume-step{step}.toml"));
+    crate::metrics::write_atomic(&now, cfg.to_toml().as_bytes())?;
+    let rec = ResumeRecord {
+        at_step: step,
+        time: chrono::Local::now().to_rfc3339(),
+        changed: changes.to_vec(),
+    };
+    let mut log = JsonlLog::open(&rd.path("resumes.jsonl"), u64::MAX)?;
+    log.append(&[serde_json::to_string(&rec)?])?;
+    for c in changes {
+        tracing::info!(
+            "--resume: {} changes from {} to {} at step {step}",
+            c.key,
+            c.from.as_deref().unwrap_or("(unset)"),
+            c.to.as_deref().unwrap_or("(unset)")
+        );
+    }
+    Ok(())
+}
+
+/// The run's logs, appended a step at a time.
+struct Logs {
+    steps: CsvLog<StepRow>,
+    eval: CsvLog<EvalRow>,
+    eval_rows: Vec<EvalRow>,
+    prompts: CsvLog<PromptTraceRow>,
+    rollouts: JsonlLog,
+}
+
+impl Logs {
+    /// Open the logs, keeping the rows up to `step` (those of the checkpoint resumed from).
+    fn open(rd: &RunDir, step: u64) -> Result<Logs> {
+        let (steps, _) = CsvLog::open(&rd.path("steps.csv"), |r: &StepRow| r.step <= step)?;
+        let (eval, eval_rows) = CsvLog::open(&rd.path("eval.csv"), |r: &EvalRow| r.step <= step)?;
+        let (prompts, _) =
+            CsvLog::open(&rd.path("prompts.csv"), |r: &PromptTraceRow| r.step <= step)?;
+        let rollouts = JsonlLog::open(&rd.path("rollouts.jsonl"), step)?;
+        Ok(Logs {
+            steps,
+            eval,
+            eval_rows,
+            prompts,
+            rollouts,
+        })
+    }
+
+    /// Evaluate every held-out set; returns the first set's accuracy.
+    fn evaluate(
+        &mut self,
+        policy: &Policy,
+        cfg: &Config,
+        evals: &[(String, Vec<crate::data::Example>)],
+        step: u64,
+        cum: u64,
+    ) -> Result<Option<f64>> {
+        let mut first = None;
+        let mut rows = Vec::new();
+        for (name, ex) in evals {
+            for (bench, n, acc) in evaluate(policy, cfg, name, ex)? {
+                first.get_or_insert(acc);
+                rows.push(EvalRow {
+                    step,
+                    cum_completions: cum,
+                    benchmark: bench,
+                    problems: n,
+                    accuracy: acc,
+                });
+            }
+        }
+        self.eval.append(&rows)?;
+        self.eval_rows.extend(rows);
+        Ok(first)
+    }
+
+    /// The first held-out set's accuracy before training and at the end.
+    fn heldout(&self, first: Option<&str>) -> (Option<f64>, Option<f64>) {
+        let of_first = |r: &&EvalRow| first.is_some_and(|n| r.benchmark == n);
+        let before = self
+            .eval_rows
+            .iter()
+            .filter(of_first)
+            .find(|r| r.step == 0)
+            .map(|r| r.accuracy);
+        let after = self
+            .eval_rows
+            .iter()
+            .rev()
+            .find(of_first)
+            .map(|r| r.accuracy);
+        (before, after)
+    }
+}
+
+/// What the loop trains and samples from.
+struct Models {
+    policy: Policy,
+    reference: Option<Policy>,
+    trainer: Trainer,
+}
+
+impl Models {
+    /// The policy (the checkpoint's on a resume), the reference when `kl_coef > 0`, and the
+    /// trainer with the checkpoint's optimiser state.
+    fn load(cfg: &Config, saved: Option<&Saved>) -> Result<Models> {
+        let device = device_of(cfg);
+        let kind = parse_kind(&cfg.model.dtype)?;
+        let model_dir = match saved {
+            Some(s) => s.dir.join("policy"),
+            None => PathBuf::from(&cfg.model.path),
+        };
+        let policy = Policy::load(&model_dir, device, kind)
+            .with_context(|| format!("model.path = {}", model_dir.display()))?;
+        let reference = if cfg.train.kl_coef > 0.0 {
+            let dir = saved.map_or(model_dir.clone(), |s| s.dir.join("reference"));
+            let r = Policy::load(&dir, device, kind)
+                .with_context(|| format!("reference model {}", dir.display()))?;
+            Some(r)
+        } else {
+            None
+        };
+        let mut trainer = Trainer::new(cfg.train.clone(), &policy);
+        if let Some(s) = saved {
+            trainer
+                .optimizer_mut()
+                .load(&s.dir.join("optimizer.safetensors"))?;
+        }
+        Ok(Models {
+            policy,
+            reference,
+            trainer,
+        })
+    }
+
+    /// Bytes a checkpoint of these models takes at `kind` (policy, reference, two moments).
+    fn checkpoint_estimate(&self, kind: Kind) -> u64 {
+        let params: u64 = self
+            .policy
+            .var_store()
+            .variables()
+            .values()
+            .map(|t| t.numel() as u64)
+            .sum();
+        let width = kind.elt_size_in_bytes() as u64;
+        let copies = 1 + u64::from(self.reference.is_some());
+        params * width * copies + params * 2 * self.policy.kind().elt_size_in_bytes() as u64
+    }
+
+    /// Write checkpoint `step_<N>` (see [`crate::rundir::write_checkpoint`]).
+    fn save(
+        &self,
+        rd: &RunDir,
+        cfg: &Config,
+        cur: &Curriculum,
+        counters: &Counters,
+        data: &DatasetFingerprint,
+    ) -> Result<()> {
+        let kind = parse_kind(&cfg.model.save_dtype)?;
+        let need: CheckpointSpace = crate::rundir::checkpoint_space(
+            rd.latest().ok().flatten().as_deref(),
+            self.checkpoint_estimate(kind),
+        );
+        let name = format!("step_{:07}", counters.step);
+        let state = CheckpointState {
+            counters: counters.clone(),
+            curriculum: cur.state().clone(),
+            config: cfg.clone(),
+            dataset: Some(data.clone()),
+        };
+        let keep = cfg.run.keep_checkpoints;
+        crate::rundir::write_checkpoint(&rd.ckpt_root(), &name, keep, need, |tmp: &Path| {
+            // Exact resume needs the trainer's dtype: save_dtype defaults to it.
+            self.policy.save_hf(&tmp.join("policy"), kind, 2 << 30)?;
+            if let Some(r) = &self.reference {
+                r.save_hf(&tmp.join("reference"), kind, 2 << 30)?;
+            }
+            self.trainer
+                .optimizer()
+                .save(&tmp.join("optimizer.safetensors"))?;
+            let p = tmp.join("state.json");
+            std::fs::write(&p, serde_json::to_vec(&state)?)
+                .with_context(|| format!("cannot write {}", p.display()))
+        })?;
+        Ok(())
+    }
+}
+
+/// Train. See the module docs.
+pub fn run(opts: RunOptions) -> Result<RunSummary> {
+    let t_start = Instant::now();
+    let cfg = opts.config;
+    let dir = opts
+        .out
+        .clone()
+        .or_else(|| cfg.run.out.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("results/runs").join(&cfg.name));
+    let mut rd = RunDir::open(&dir, opts.resume)?;
+    // Everything that can refuse the run is checked before the first step: the config against
+    // the checkpoint, the data, the model, the servers.
+    let saved = if opts.resume {
+        Some(Saved::read(&rd, &cfg)?)
+    } else {
+        None
+    };
+    let changes = saved.as_ref().map_or(Vec::new(), |s| s.changes.clone());
+    let raw = load_dataset(&cfg.data.train, &cfg, false)
+        .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
+    let evals = eval_sets(&cfg)?;
+    let mut m = Models::load(&cfg, saved.as_ref())?;
+    let context = m.policy.config().max_position_embeddings;
+    let data = fit_prompts(m.policy.tokenizer(), context, &cfg, raw)?;
+    let print = crate::rundir::dataset_fingerprint(&data.examples);
+    let (mut cur, mut counters) = match saved {
+        Some(s) => s.restore(&cfg, &print, &cfg.data.train)?,
+        None => (
+            Curriculum::new(&cfg, data.examples.len())?,
+            Counters::default(),
+        ),
+    };
+    let prompts = Prompts {
+        train: &data.examples,
+        ids: &data.prompt_ids,
+    };
+    let mut engine = make_engine(&cfg, &m.policy)?;
+    engine.set_weight_version(counters.weight_version);
+    let mut sync = make_sync(&cfg, &dir)?;
+    if sync.transfers() {
+        // The server must sample from exactly the trainer's weights (fresh start or resume).
+        sync.publish(&m.policy, counters.weight_version)
+            .with_context(|| format!("initial weight sync ({})", sync.name()))?;
+    }
+    record_config(&rd, &cfg, counters.step, &changes)?;
+    let mut logs = Logs::open(&rd, counters.step)?;
+    rd.keep();
+
+    let total = total_steps(&cfg);
+    let bar = crate::metrics::progress_bar(total, "run", !opts.quiet);
+    bar.set_position(counters.step);
+    let eval_on = cfg.run.eval_every > 0 && !evals.is_empty();
+    if eval_on && counters.step == 0 && logs.eval_rows.is_empty() {
+        if let Some(a) = logs.evaluate(&m.policy, &cfg, &evals, 0, 0)? {
+            let line = format!("held-out accuracy before training: {a:.3}");
+            say(&bar, opts.quiet, line);
+        }
+    }
+
+    let mut phase_sum = [0.0f64; 6];
+    let steps_at_start = counters.step;
+    while counters.step < total {
+        let (row, lines) = train_step(
+            &cfg,
+            &prompts,
+            (&m.policy, &mut m.reference, &mut m.trainer),
+            &mut cur,
+            &mut counters,
+            engine.as_mut(),
+            sync.as_mut(),
+            &bar,
+        )?;
+        for (k, s) in row.phase_seconds().into_iter().enumerate() {
+            phase_sum[k] += s;
+        }
+        say(&bar, opts.quiet, row.summary_line());
+        logs.steps.append([&row])?;
+        logs.rollouts.append(&lines)?;
+        bar.inc(1);
+
+        let last = counters.step == total;
+        let every = |k: usize| k > 0 && counters.step % k as u64 == 0;
+        if eval_on && (every(cfg.run.eval_every) || last) {
+            logs.evaluate(
+                &m.policy,
+                &cfg,
+                &evals,
+                counters.step,
+                counters.cum_completions,
+            )?;
+        }
+        if every(cfg.run.prompts_every) || last {
+            let rows = step::trace_rows(&cur, prompts.train, counters.step);
+            logs.prompts.append(&rows)?;
+        }
+        if every(cfg.run.checkpoint_every) || last {
+            m.save(&rd, &cfg, &cur, &counters, &print)?;
+        }
+    }
+    bar.finish_and_clear();
+    let (heldout_before, heldout_after) = logs.heldout(evals.first().map(|(n, _)| n.as_str()));
+    let done = (counters.step - steps_at_start).max(1) as f64;
+    Ok(RunSummary {
+        out: dir,
+        steps: counters.step,
+        completions: counters.cum_completions,
+        init_completions: counters.cum_init_completions,
+        dropped_prompts: data.dropped,
+        heldout_before,
+        heldout_after,
+        wall_s: t_start.elapsed().as_secs_f64(),
+        phase_s: phase_sum.map(|s| s / done),
+        files: rd.written(),
+    })
+}
+
+/// One step of Algorithm 1: (stage 0 when an iteration starts), sample and allocate, generate,
+/// score, observe, advantages, update, publish. Returns the step's row and its rollout lines.
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    cfg: &Config,
+    prompts: &Prompts<'_>,
+    (policy, reference, trainer): (&Policy, &mut Option<Policy>, &mut Trainer),
+    cur: &mut Curriculum,
+    counters: &mut Counters,
+    engine: &mut dyn RolloutEngine,
+    sync: &mut dyn WeightSync,
+    bar: &indicatif::ProgressBar,
+) -> Result<(StepRow, Vec<String>)> {
+    let mut row = StepRow::default();
+    if cur.iteration_due() {
+        // Iteration start: pre-rollouts (not trained on), reference = current weights.
+        let t = Instant::now();
+        let (made, stale) = step::iteration_start(engine, cfg, policy, prompts, cur, counters)?;
+        counters.cum_init_completions += made;
+        row.stale_completions += stale;
+        if let Some(r) = reference.as_mut() {
+            r.var_store_mut()
+                .copy(policy.var_store())
+                .context("cannot copy the policy into the reference")?;
+        }
+        row.sec_init = t.elapsed().as_secs_f64();
+    }
+
+    let t = Instant::now();
+    let plan = cur.plan_step()?;
+    row.sec_sample = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    bar.set_message(format!(
+        "step {}: generating {} completions",
+        counters.step + 1,
+        plan.completions()
+    ));
+    let groups = plan.groups.iter().map(|g| (g.prompt, g.n as usize));
+    let gen = step::generate(engine, cfg, prompts, groups, counters.step, 0)?;
+    row.stale_completions += gen.stale;
+    row.sec_generate = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let scored = step::score(cfg, prompts, &plan, &gen);
+    row.sec_reward = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    cur.observe_step(&plan, &scored.successes)?;
+    let adv = advantages(cfg.train.advantage, &scored.groups);
+    let samples = step::samples(&gen, &adv);
+    let stats = trainer.update(policy, reference.as_ref(), &samples)?;
+    row.sec_train = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    counters.weight_version += 1;
+    sync.publish(policy, counters.weight_version)
+        .with_context(|| format!("weight sync ({})", sync.name()))?;
+    engine.set_weight_version(counters.weight_version);
+    row.sec_sync = t.elapsed().as_secs_f64();
+
+    counters.step += 1;
+    step::fill_row(
+        &mut row,
+        &plan,
+        &gen.comps,
+        &gen.requests,
+        &scored.groups,
+        &scored.successes,
+    );
+    row.step = counters.step;
+    row.iteration = plan.iteration;
+    row.loss = stats.loss;
+    row.kl = stats.kl;
+    row.grad_norm = stats.grad_norm;
+    row.clip_frac = stats.clip_frac;
+    row.entropy = stats.entropy;
+    row.lr = cfg.train.lr;
+    row.weight_version = counters.weight_version;
+    counters.cum_completions += row.completions;
+    counters.cum_tokens += row.completion_tokens;
+    row.cum_completions = counters.cum_completions;
+    row.cum_tokens = counters.cum_tokens;
+    row.cum_init_completions = counters.cum_init_completions;
+    let lines = step::rollout_lines(cfg, prompts, &plan, &gen, &scored, counters.step)?;
+    Ok((row, lines))
+}
+
+impl StepRow {
+    /// Seconds per phase: init, sample, generate, reward, train, sync.
+    fn phase_seconds(&self) -> [f64; 6] {
+        [
+            self.sec_init,
+            self.sec_sample,
+            self.sec_generate,
+            self.sec_reward,
+            self.sec_train,
+            self.sec_sync,
+        ]
+    }
+
+    /// The line printed after the step.
+    fn summary_line(&self) -> String {
+        format!(
+            "step {:>4} it {} | reward {:.3} | zero-var {:.2} | n {}..{} | loss {:+.4} kl {:.4} | gen {:.1}s train {:.1}s",
+            self.step, self.iteration, self.mean_reward, self.zero_var_group_frac, self.n_min,
+            self.n_max, self.loss, self.kl, self.sec_generate, self.sec_train
+        )
+    }
+}

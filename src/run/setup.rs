@@ -1,0 +1,218 @@
+//! Setup shared by the commands that train or evaluate a policy: device, datasets, prompts,
+//! held-out evaluation, the rollout engine and the weight sync.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tch::Device;
+
+use crate::config::Config;
+use crate::data::Example;
+use crate::policy::{ChatMessage, Policy, Tokenizer};
+use crate::reward;
+use crate::rollout::{EmbeddedEngine, EngineKind, RolloutEngine, RolloutRequest};
+use crate::sync::WeightSync;
+
+/// Resolve `model.device`.
+pub fn device_of(cfg: &Config) -> Device {
+    match cfg.model.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        _ => Device::cuda_if_available(),
+    }
+}
+
+/// Load one named dataset (`testbed` = the generated testbed's train or held-out split).
+pub fn load_dataset(spec: &str, cfg: &Config, heldout: bool) -> Result<Vec<Example>> {
+    if spec == "testbed" {
+        let tb = crate::testbed::generate(&cfg.testbed);
+        return Ok(if heldout { tb.heldout } else { tb.train });
+    }
+    crate::data::load(Path::new(spec))
+}
+
+/// The evaluation sets: (name, examples). The testbed adds one set per level.
+pub fn eval_sets(cfg: &Config) -> Result<Vec<(String, Vec<Example>)>> {
+    let mut out = Vec::new();
+    for spec in &cfg.data.eval {
+        let mut ex = load_dataset(spec, cfg, true)?;
+        if cfg.data.eval_max > 0 {
+            ex.truncate(cfg.data.eval_max);
+        }
+        let name = if spec == "testbed" {
+            "heldout".to_string()
+        } else {
+            Path::new(spec)
+                .file_stem()
+                .map_or_else(|| spec.clone(), |s| s.to_string_lossy().into_owned())
+        };
+        out.push((name, ex));
+    }
+    Ok(out)
+}
+
+/// Tokenise a problem into its prompt ids (template, then chat template when configured).
+pub fn encode_prompt(policy: &Policy, cfg: &Config, problem: &str) -> Result<Vec<i64>> {
+    encode_with(policy.tokenizer(), cfg, problem)
+}
+
+/// [`encode_prompt`] with a tokenizer alone (no weights loaded).
+pub fn encode_with(tok: &Tokenizer, cfg: &Config, problem: &str) -> Result<Vec<i64>> {
+    let text = cfg.rollout.render(problem);
+    if cfg.rollout.chat {
+        tok.encode_chat(&[ChatMessage::new("user", &text)], true)
+    } else {
+        tok.encode(&text, true)
+    }
+}
+
+/// Accuracy of `policy` on `examples` (greedy pass@1 when `run.eval_temperature` is 0, else the
+/// mean over `run.eval_samples` samples per problem, with fixed seeds so successive evaluations
+/// share their sampling noise); also per level when the examples carry levels.
+pub fn evaluate(
+    policy: &Policy,
+    cfg: &Config,
+    name: &str,
+    examples: &[Example],
+) -> Result<Vec<(String, usize, f64)>> {
+    let prompts: Vec<Vec<i64>> = examples
+        .iter()
+        .map(|e| encode_prompt(policy, cfg, &e.problem))
+        .collect::<Result<_>>()?;
+    let mut sampling = cfg.rollout.clone();
+    sampling.temperature = cfg.run.eval_temperature;
+    let k = if cfg.run.eval_temperature == 0.0 {
+        1
+    } else {
+        cfg.run.eval_samples.max(1)
+    };
+    let requests: Vec<RolloutRequest> = prompts
+        .into_iter()
+        .map(|p| RolloutRequest {
+            prompt_ids: p,
+            n: k,
+            seed: 0,
+        })
+        .collect();
+    let mut engine = EmbeddedEngine::new(policy);
+    let completions = engine.generate(&requests, &sampling)?;
+    let mut correct = vec![0usize; examples.len()];
+    for c in &completions {
+        let ok = reward::score(&c.text, &examples[c.request].answer, &cfg.reward).equivalent;
+        correct[c.request] += usize::from(ok);
+    }
+    let acc = |idx: &[usize]| {
+        idx.iter().map(|&i| correct[i]).sum::<usize>() as f64 / (idx.len() * k).max(1) as f64
+    };
+    let all: Vec<usize> = (0..examples.len()).collect();
+    let mut out = vec![(name.to_string(), all.len(), acc(&all))];
+    let mut levels: Vec<u32> = examples.iter().filter_map(|e| e.level).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    for l in levels {
+        let idx: Vec<usize> = (0..examples.len())
+            .filter(|&i| examples[i].level == Some(l))
+            .collect();
+        out.push((format!("{name}/L{l}"), idx.len(), acc(&idx)));
+    }
+    Ok(out)
+}
+
+/// The rollout engine `rollout.engine` names: the embedded engine over `policy`, or the
+/// OpenAI-compatible client over `rollout.endpoints` (the policy's tokenizer is its last resort
+/// for servers that return no token ids).
+pub fn make_engine<'a>(cfg: &Config, policy: &'a Policy) -> Result<Box<dyn RolloutEngine + 'a>> {
+    Ok(match cfg.rollout.engine {
+        EngineKind::Embedded => Box::new(EmbeddedEngine::new(policy)),
+        EngineKind::Openai => Box::new(
+            crate::rollout::OpenAiEngine::new(&cfg.rollout, Some(policy.tokenizer().clone()))
+                .context("rollout.engine = \"openai\"")?,
+        ),
+    })
+}
+
+/// The weight sync `rollout.sync` names (checkpoints under `rollout.sync_dir`, else
+/// `<run_dir>/sync`).
+pub fn make_sync(cfg: &Config, run_dir: &Path) -> Result<Box<dyn WeightSync>> {
+    crate::sync::from_config(&cfg.rollout, run_dir)
+        .with_context(|| format!("rollout.sync = {:?}", cfg.rollout.sync))
+}
+
+/// The training prompts that fit the model: each encoded once, the overlong ones dropped.
+#[derive(Debug)]
+pub struct TrainSet {
+    /// The prompts kept, in file order.
+    pub examples: Vec<Example>,
+    /// Their token ids (template applied).
+    pub prompt_ids: Vec<Vec<i64>>,
+    /// Prompts dropped as longer than `limit` tokens.
+    pub dropped: usize,
+    /// The longest prompt kept, in tokens.
+    pub limit: usize,
+}
+
+/// The longest prompt a completion of `rollout.max_tokens` still fits after:
+/// `data.max_prompt_tokens`, or the model's context minus `rollout.max_tokens`.
+pub fn prompt_limit(cfg: &Config, context: i64) -> Result<usize> {
+    let context = usize::try_from(context).unwrap_or(0);
+    let room = context.saturating_sub(cfg.rollout.max_tokens);
+    if cfg.data.max_prompt_tokens > 0 {
+        return Ok(cfg.data.max_prompt_tokens);
+    }
+    if room == 0 {
+        bail!(
+            "rollout.max_tokens = {} leaves no room for a prompt in the model's context of {} \
+             tokens (max_position_embeddings): lower rollout.max_tokens",
+            cfg.rollout.max_tokens,
+            context
+        );
+    }
+    Ok(room)
+}
+
+/// Encode the training prompts and drop (and count) those over [`prompt_limit`]. A problem
+/// whose text alone is far over the limit is dropped before it is tokenised, so a huge row
+/// costs no memory.
+pub fn fit_prompts(
+    tok: &Tokenizer,
+    context: i64,
+    cfg: &Config,
+    examples: Vec<Example>,
+) -> Result<TrainSet> {
+    let limit = prompt_limit(cfg, context)?;
+    let total = examples.len();
+    let mut kept = Vec::with_capacity(total);
+    let mut ids = Vec::with_capacity(total);
+    for e in examples {
+        // No tokenizer in use spends more than 64 bytes of text on one token.
+        if e.problem.len() > limit.saturating_mul(64) {
+            continue;
+        }
+        let p = encode_with(tok, cfg, &e.problem)
+            .with_context(|| format!("encoding prompt {:?}", e.id))?;
+        if p.len() <= limit {
+            kept.push(e);
+            ids.push(p);
+        }
+    }
+    let dropped = total - kept.len();
+    if kept.is_empty() {
+        bail!(
+            "data.train: all {total} prompts are longer than {limit} tokens (the model's context \
+             minus rollout.max_tokens, or data.max_prompt_tokens)"
+        );
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            "data.train: dropped {dropped} of {total} prompts longer than {limit} tokens \
+             (they would not fit the context with rollout.max_tokens = {})",
+            cfg.rollout.max_tokens
+        );
+    }
+    Ok(TrainSet {
+        examples: kept,
+        prompt_ids: ids,
+        dropped,
+        limit,
+    })
+}
