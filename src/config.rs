@@ -18,12 +18,9 @@ const DEFAULT_BUDGET: usize = 8192;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message and not also a `source`, so `{:#}` prints it once.
+    #[error("cannot read config {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     /// TOML syntax or schema error (unknown key, wrong type); the message carries line/column.
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
@@ -503,9 +500,9 @@ impl Default for SimulateConfig {
 impl Config {
     /// Read `path`, apply `overrides` (`key.path=value`), fill defaults and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::from_toml_str(&text, &path.display().to_string(), overrides)
     }

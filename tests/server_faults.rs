@@ -144,6 +144,7 @@ fn http_500_is_retried_a_bounded_number_of_times() {
         status: 500,
         body: "{\"error\": \"internal\"}".into(),
         delay: Duration::ZERO,
+        drip: Duration::ZERO,
     }));
     let c = cfg(&[srv.url()]);
     let mut e = OpenAiEngine::new(&c, None).expect("engine");
@@ -161,6 +162,7 @@ fn http_400_is_not_retried() {
         status: 400,
         body: "{\"error\": \"bad prompt\"}".into(),
         delay: Duration::ZERO,
+        drip: Duration::ZERO,
     }));
     let c = cfg(&[srv.url()]);
     let mut e = OpenAiEngine::new(&c, None).expect("engine");
@@ -181,6 +183,7 @@ fn garbage_replies_are_a_clear_error_without_panic() {
             status: 200,
             body: b.clone(),
             delay: Duration::ZERO,
+            drip: Duration::ZERO,
         }));
         let c = cfg(&[srv.url()]);
         let mut e = OpenAiEngine::new(&c, None).expect("engine");
@@ -220,6 +223,7 @@ fn a_healthy_endpoint_takes_over_from_a_failing_one() {
         status: 503,
         body: "busy".into(),
         delay: Duration::ZERO,
+        drip: Duration::ZERO,
     }));
     let good = FakeServer::start(Box::new(|_, _, body, _| {
         let n = body["n"].as_u64().unwrap_or(1) as usize;
@@ -266,6 +270,7 @@ fn api_key_is_sent_as_bearer_and_never_in_errors() {
             status: 500,
             body: "no".into(),
             delay: Duration::ZERO,
+            drip: Duration::ZERO,
         }
     }));
     std::env::set_var("CURES_TEST_KEY_XYZ", "sk-very-secret");
@@ -279,4 +284,141 @@ fn api_key_is_sent_as_bearer_and_never_in_errors() {
     c2.endpoints[0].api_key_env = "CURES_TEST_KEY_UNSET_ABC".into();
     let err = format!("{:#}", OpenAiEngine::new(&c2, None).unwrap_err());
     assert!(err.contains("CURES_TEST_KEY_UNSET_ABC"), "{err}");
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_fails_on_the_progress_timeout() {
+    let srv = FakeServer::start(Box::new(|_, _, _, _| Reply {
+        delay: Duration::from_secs(120),
+        ..Reply::error(200, "{}")
+    }));
+    let c = RolloutConfig {
+        request_timeout_s: 600.0,
+        progress_timeout_s: 0.5,
+        max_retries: 1,
+        ..cfg(&[srv.url()])
+    };
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    let t = Instant::now();
+    let err = format!("{:#}", e.generate(&requests(&[2]), &c).unwrap_err());
+    assert!(
+        err.contains("no bytes for 0 s waiting for the reply"),
+        "{err}"
+    );
+    assert!(err.contains("rollout.progress_timeout_s"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_slow_stream_is_not_a_hung_server_but_a_cut_stream_is_an_error() {
+    // 8 events 0.3 s apart: 2.4 s in all, well over the 1 s progress timeout, but never
+    // silent for 1 s.
+    let srv = FakeServer::start(Box::new(|method, _, body, _| {
+        if method == "POST" {
+            assert_eq!(body["stream"], true, "replies are streamed by default");
+        }
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        Reply::sse(
+            &completion_reply(n, 4, None),
+            Duration::from_millis(300),
+            true,
+        )
+    }));
+    let c = RolloutConfig {
+        progress_timeout_s: 1.0,
+        ..cfg(&[srv.url()])
+    };
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    let comps = e
+        .generate(&requests(&[2]), &c)
+        .expect("a slow stream completes");
+    assert_exact(&comps, &[2]);
+    for c in &comps {
+        assert_eq!(c.token_ids, [100, 101, 102, 103]);
+        assert_eq!(c.logprobs.as_deref(), Some(&[-0.5f32; 4][..]));
+        assert_eq!(c.finish_reason, cures::rollout::FinishReason::Length);
+    }
+
+    let cut = FakeServer::start(Box::new(|_, _, body, _| {
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        Reply::sse(&completion_reply(n, 4, None), Duration::ZERO, false)
+    }));
+    let c = cfg(&[cut.url()]);
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    let err = format!("{:#}", e.generate(&requests(&[1]), &c).unwrap_err());
+    assert!(err.contains("without `data: [DONE]`"), "{err}");
+    let posts = cut.posts.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&posts), "retried, then failed: {posts}");
+}
+
+#[test]
+fn a_server_failing_every_completion_ends_the_step_in_seconds_with_one_error() {
+    let srv = FakeServer::start(Box::new(|_, _, _, _| Reply::error(500, "internal error")));
+    // The shipped retry settings; only the budget decides.
+    let c = RolloutConfig {
+        max_retries: RolloutConfig::default().max_retries,
+        backoff_ms: RolloutConfig::default().backoff_ms,
+        backoff_max_ms: RolloutConfig::default().backoff_max_ms,
+        endpoint_failures: RolloutConfig::default().endpoint_failures,
+        endpoint_down_timeout_s: RolloutConfig::default().endpoint_down_timeout_s,
+        max_consecutive_failures: 12,
+        ..cfg(&[srv.url()])
+    };
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    let t = Instant::now();
+    let err = format!("{:#}", e.generate(&requests(&[2; 40]), &c).unwrap_err());
+    assert!(err.contains("12 requests in a row failed"), "{err}");
+    assert!(
+        err.contains("HTTP 500 Internal Server Error: internal error"),
+        "{err}"
+    );
+    assert_eq!(err.matches("in a row").count(), 1, "one error: {err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let posts = srv.posts.load(Ordering::SeqCst);
+    assert!(posts < 12 + 64, "{posts} requests");
+}
+
+#[test]
+fn an_unhealthy_server_is_not_reported_as_missing() {
+    let srv = FakeServer::start(Box::new(|_, _, _, _| Reply::error(500, "x")));
+    srv.health.store(503, Ordering::SeqCst);
+    let err = format!(
+        "{:#}",
+        OpenAiEngine::new(&cfg(&[srv.url()]), None).unwrap_err()
+    );
+    assert!(err.contains("is up but not healthy"), "{err}");
+    assert!(err.contains("HTTP 503"), "{err}");
+    assert!(!err.contains("no server at"), "{err}");
+}
+
+#[test]
+fn an_endpoint_that_fails_completions_stays_out_whatever_health_says() {
+    // /health is fine, completions fail: after the first outage each return to service
+    // costs one failed request and doubles the time out (1 s, 2 s, ...), so in 3.5 s the bad
+    // endpoint sees a handful of requests while the good one serves the rest.
+    let bad = FakeServer::start(Box::new(|_, _, _, _| Reply::error(503, "busy")));
+    let good = FakeServer::start(Box::new(|_, _, body, _| {
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        Reply {
+            delay: Duration::from_millis(50),
+            ..Reply::json(completion_reply(n, 2, None))
+        }
+    }));
+    let c = RolloutConfig {
+        max_retries: 10,
+        max_concurrency: 2,
+        endpoint_down_timeout_s: 30.0,
+        ..cfg(&[bad.url(), good.url()])
+    };
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(3500) {
+        let comps = e.generate(&requests(&[1; 8]), &c).expect("generate");
+        assert_exact(&comps, &[1; 8]);
+    }
+    let bad_posts = bad.posts.load(Ordering::SeqCst);
+    assert!(
+        bad_posts <= 2 + 3,
+        "{bad_posts} requests to the failing endpoint"
+    );
 }

@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod openai;
+mod stream;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,16 @@ pub struct RolloutConfig {
     pub max_concurrency: usize,
     /// `openai` engine: seconds one HTTP request may take.
     pub request_timeout_s: f64,
+    /// `openai` engine: seconds without a byte from a server before a request counts as failed
+    /// (a server that accepted the request and hangs); 0 = off. With `stream = false` a reply
+    /// has no bytes until it is complete, so this then bounds the whole generation.
+    pub progress_timeout_s: f64,
+    /// `openai` engine: ask for streamed replies (server-sent events), so that a slow
+    /// generation sends bytes and only a hung server trips `progress_timeout_s`.
+    pub stream: bool,
+    /// `openai` engine: failed requests in a row, over all endpoints, that end the step with
+    /// one error (a server that is up but fails every completion); 0 = off.
+    pub max_consecutive_failures: usize,
     /// `openai` engine: retries of one request (connect errors, 5xx, 429, timeouts).
     pub max_retries: usize,
     /// `openai` engine: first retry back-off (ms), doubled per retry, with jitter.
@@ -90,6 +101,9 @@ impl Default for RolloutConfig {
             endpoints: Vec::new(),
             max_concurrency: 64,
             request_timeout_s: 600.0,
+            progress_timeout_s: 120.0,
+            stream: true,
+            max_consecutive_failures: 24,
             max_retries: 5,
             backoff_ms: 200,
             backoff_max_ms: 10_000,

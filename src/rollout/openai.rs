@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::stream::ReplyReader;
 use super::{Completion, FinishReason, RolloutConfig, RolloutEngine, RolloutRequest, RolloutStats};
 use crate::config::ConfigError;
 use crate::policy::Tokenizer;
@@ -29,6 +30,18 @@ use crate::policy::Tokenizer;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a down endpoint is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// Where a server reports its weight version (`weight_version`): vLLM's, then SGLang's. A
+/// streamed SGLang reply carries no version of its own, so this is what tags its completions.
+const VERSION_ROUTES: &[&str] = &["/weight_info", "/get_model_info"];
+/// How long an endpoint stays out the first time (doubled per further outage, up to the max).
+const OUTAGE_BASE: Duration = Duration::from_secs(1);
+const OUTAGE_MAX: Duration = Duration::from_secs(60);
+/// At most one warning per endpoint in this period (the rest are counted).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// A reply may hold this much per requested token (a verbose llama-server stream with
+/// log-probs is ~300 bytes a token), plus a fixed allowance; more is an error, not an OOM.
+const REPLY_BYTES_PER_TOKEN: usize = 2048;
+const REPLY_BYTES_BASE: usize = 16 << 20;
 
 /// One inference server (`[[rollout.endpoints]]`).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +163,12 @@ pub fn validate(cfg: &RolloutConfig) -> Result<(), ConfigError> {
         return Err(bad(
             "request_timeout_s",
             format!("must be > 0, got {}", cfg.request_timeout_s),
+        ));
+    }
+    if !(cfg.progress_timeout_s.is_finite() && cfg.progress_timeout_s >= 0.0) {
+        return Err(bad(
+            "progress_timeout_s",
+            format!("must be ≥ 0 (0 = off), got {}", cfg.progress_timeout_s),
         ));
     }
     if !(cfg.endpoint_down_timeout_s.is_finite() && cfg.endpoint_down_timeout_s >= 0.0) {
@@ -335,7 +354,7 @@ fn err_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn snippet(bytes: &[u8]) -> String {
+pub(crate) fn snippet(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
     let s = s.trim();
     if s.chars().count() > 200 {
@@ -352,9 +371,41 @@ struct Health {
     probing: bool,
     last_probe: Option<Instant>,
     last_error: String,
-    /// `GET /weight_info` answered 404 once: don't ask again.
-    no_weight_info: bool,
+    /// Index into [`VERSION_ROUTES`] of the route to ask for the served weight version (the
+    /// earlier ones answered 404); past the end: the server reports none.
+    version_route: usize,
     server_version: Option<u64>,
+    /// Times taken out since its last successful completion: each doubles how long it stays
+    /// out, whatever `/health` says meanwhile.
+    outages: u32,
+    /// Not probed before this.
+    down_until: Option<Instant>,
+    /// Rate limit of this endpoint's warnings.
+    last_warn: Option<Instant>,
+    suppressed: usize,
+}
+
+/// Warn at most once per [`WARN_EVERY`] per endpoint; the next warning says how many were held back.
+fn warn_limited(h: &mut Health, line: &str) {
+    if h.last_warn.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+        h.suppressed += 1;
+        return;
+    }
+    match std::mem::take(&mut h.suppressed) {
+        0 => tracing::warn!("{line}"),
+        n => tracing::warn!(
+            "{line} ({n} similar warning{} held back)",
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+    h.last_warn = Some(Instant::now());
+}
+
+/// How long an endpoint taken out for the `k`-th time (k ≥ 1) stays out before its first probe.
+fn outage_period(k: u32) -> Duration {
+    OUTAGE_BASE
+        .saturating_mul(1u32 << k.saturating_sub(1).min(16))
+        .min(OUTAGE_MAX)
 }
 
 struct Endpoint {
@@ -381,6 +432,10 @@ struct Opts {
     backoff_max_ms: u64,
     endpoint_failures: usize,
     down_timeout: Duration,
+    /// No byte for this long fails the request (None = off).
+    progress: Option<Duration>,
+    /// Failed requests in a row over all endpoints that end the step (0 = off).
+    max_consecutive: usize,
 }
 
 struct Shared {
@@ -392,6 +447,10 @@ struct Shared {
     /// Generation requests on the wire now, and the most since the last `generate` began.
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    /// Failed requests since the last success, over all endpoints.
+    consecutive_failures: AtomicUsize,
+    /// Set once `max_consecutive` is reached: every request of this `generate` ends with it.
+    abort: Mutex<Option<String>>,
 }
 
 /// Counts one request as on the wire while alive.
@@ -423,7 +482,35 @@ impl Drop for Outstanding<'_> {
     }
 }
 
-async fn probe(client: &reqwest::Client, ep: &Endpoint) -> Result<(), String> {
+/// Why a health probe failed.
+#[derive(Debug)]
+enum ProbeError {
+    /// Nothing answered (refused, unreachable, timed out).
+    Unreachable(String),
+    /// A server answered with an error status.
+    Unhealthy(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Unreachable(m) | ProbeError::Unhealthy(m) => f.write_str(m),
+        }
+    }
+}
+
+/// `f`, or `Err(())` when it takes longer than `limit` (None: no limit).
+async fn with_progress<F: std::future::Future>(
+    limit: Option<Duration>,
+    f: F,
+) -> Result<F::Output, ()> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, f).await.map_err(|_| ()),
+        None => Ok(f.await),
+    }
+}
+
+async fn probe(client: &reqwest::Client, ep: &Endpoint) -> Result<(), ProbeError> {
     let url = format!("{}/health", ep.base);
     let mut rb = client.get(&url);
     if let Some(a) = &ep.auth {
@@ -431,8 +518,19 @@ async fn probe(client: &reqwest::Client, ep: &Endpoint) -> Result<(), String> {
     }
     match rb.send().await {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("GET {url}: HTTP {}", r.status())),
-        Err(e) => Err(format!("GET {url}: {}", err_chain(&e))),
+        Ok(r) => {
+            let status = r.status();
+            let body = r.bytes().await.unwrap_or_default();
+            Err(ProbeError::Unhealthy(format!(
+                "GET {url}: HTTP {status}: {}",
+                snippet(&body)
+            )))
+        }
+        Err(e) => Err(ProbeError::Unreachable(format!(
+            "GET {url}: {}{}",
+            if e.is_timeout() { "timed out: " } else { "" },
+            err_chain(&e)
+        ))),
     }
 }
 
@@ -446,23 +544,46 @@ impl Shared {
     }
 
     fn mark_ok(&self, i: usize) {
+        self.consecutive_failures.store(0, Ordering::SeqCst);
         let mut h = self.endpoints[i].health();
         h.failures = 0;
         h.down = false;
+        h.outages = 0;
+    }
+
+    /// The error every request of this `generate` ends with, once the run-level failure budget
+    /// is spent.
+    fn aborted(&self) -> Option<String> {
+        self.abort.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn mark_fail(&self, i: usize, msg: &str) {
-        let mut h = self.endpoints[i].health();
+        let k = self.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.opts.max_consecutive > 0 && k >= self.opts.max_consecutive {
+            let mut a = self.abort.lock().unwrap_or_else(|p| p.into_inner());
+            if a.is_none() {
+                *a = Some(format!(
+                    "{k} requests in a row failed over all endpoints (rollout.max_consecutive_failures = {}); the last: {msg}. The servers accept connections but do not complete requests: check their logs",
+                    self.opts.max_consecutive
+                ));
+            }
+        }
+        let ep = &self.endpoints[i];
+        let mut h = ep.health();
         h.failures += 1;
         h.last_error = msg.to_string();
         if h.failures >= self.opts.endpoint_failures && !h.down {
             h.down = true;
-            h.last_probe = Some(Instant::now());
-            tracing::warn!(
-                "endpoint {} taken out after {} consecutive failures: {msg}",
-                self.endpoints[i].base,
-                h.failures
+            h.outages += 1;
+            let period = outage_period(h.outages);
+            h.down_until = Some(Instant::now() + period);
+            let n = h.failures;
+            let line = format!(
+                "endpoint {} taken out for {:.0} s after {n} failures in a row: {msg}",
+                ep.base,
+                period.as_secs_f64()
             );
+            warn_limited(&mut h, &line);
         }
     }
 
@@ -471,8 +592,10 @@ impl Shared {
         for i in 0..self.endpoints.len() {
             let due = {
                 let mut h = self.endpoints[i].health();
+                let now = Instant::now();
                 let due = h.down
                     && !h.probing
+                    && h.down_until.is_none_or(|t| now >= t)
                     && h.last_probe.is_none_or(|t| t.elapsed() >= PROBE_INTERVAL);
                 if due {
                     h.probing = true;
@@ -489,11 +612,13 @@ impl Shared {
                     h.last_probe = Some(Instant::now());
                     match r {
                         Ok(()) => {
-                            tracing::warn!("endpoint {} is back", ep.base);
+                            // On probation: /health says nothing about completions, so one
+                            // more failure takes it out again (for twice as long).
+                            tracing::info!("endpoint {} answers /health again; trying it", ep.base);
                             h.down = false;
-                            h.failures = 0;
+                            h.failures = me.opts.endpoint_failures.saturating_sub(1);
                         }
-                        Err(e) => h.last_error = e,
+                        Err(e) => h.last_error = e.to_string(),
                     }
                 });
             }
@@ -505,6 +630,12 @@ impl Shared {
     async fn pick(self: &Arc<Self>, n: usize) -> Result<(usize, Outstanding<'_>), ReqError> {
         let start = Instant::now();
         loop {
+            if let Some(msg) = self.aborted() {
+                return Err(ReqError {
+                    retryable: false,
+                    msg,
+                });
+            }
             self.probe_down();
             let best = (0..self.endpoints.len())
                 .filter(|&i| !self.endpoints[i].health().down)
@@ -523,7 +654,7 @@ impl Shared {
                 return Err(ReqError {
                     retryable: false,
                     msg: format!(
-                        "every endpoint has been down for {:.0} s: {}",
+                            "every endpoint has been out for {:.0} s (rollout.endpoint_down_timeout_s): {}",
                         self.opts.down_timeout.as_secs_f64(),
                         why.join("; ")
                     ),
@@ -540,34 +671,73 @@ impl Shared {
         if let Some(a) = &ep.auth {
             rb = rb.header(reqwest::header::AUTHORIZATION, a);
         }
-        let resp = rb.send().await.map_err(|e| ReqError {
+        let stalled = |when: &str| {
+            ReqError {
             retryable: true,
             msg: format!(
-                "POST {url}: {}{}",
-                if e.is_timeout() { "timed out: " } else { "" },
+                "POST {url}: no bytes for {:.0} s {when} (rollout.progress_timeout_s): the server accepted the request but does not answer",
+                self.opts.progress.map_or(0.0, |d| d.as_secs_f64())
+            ),
+        }
+        };
+        let transport = |e: reqwest::Error, when: &str| ReqError {
+            retryable: true,
+            msg: format!(
+                "POST {url}: {when}{}{}",
+                if e.is_timeout() {
+                    "timed out (rollout.request_timeout_s): "
+                } else {
+                    ""
+                },
                 err_chain(&e)
             ),
-        })?;
+        };
+        let mut resp = with_progress(self.opts.progress, rb.send())
+            .await
+            .map_err(|()| stalled("waiting for the reply"))?
+            .map_err(|e| transport(e, ""))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ReqError {
-            retryable: true,
-            msg: format!("POST {url}: reading the reply: {}", err_chain(&e)),
-        })?;
+        let want = body["n"].as_u64().unwrap_or(1) as usize
+            * body["max_tokens"].as_u64().unwrap_or(0) as usize;
+        let limit = REPLY_BYTES_BASE.saturating_add(want.saturating_mul(REPLY_BYTES_PER_TOKEN));
+        let mut reply = ReplyReader::default();
+        loop {
+            let chunk = with_progress(self.opts.progress, resp.chunk())
+                .await
+                .map_err(|()| stalled("in the middle of the reply"))?
+                .map_err(|e| transport(e, "reading the reply: "))?;
+            let Some(chunk) = chunk else { break };
+            reply.bytes += chunk.len();
+            if reply.bytes > limit {
+                return Err(ReqError {
+                    retryable: false,
+                    msg: format!(
+                        "POST {url}: the reply is over {} MiB for {want} tokens; refusing to buffer more",
+                        limit >> 20
+                    ),
+                });
+            }
+            if status.is_success() {
+                reply.feed(&chunk).map_err(|e| ReqError {
+                    retryable: true,
+                    msg: format!("POST {url}: {e}"),
+                })?;
+            } else if reply.raw.len() < 4096 {
+                reply.raw.extend_from_slice(&chunk);
+            }
+        }
         if !status.is_success() {
             let retryable = status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 || status == reqwest::StatusCode::REQUEST_TIMEOUT;
             return Err(ReqError {
                 retryable,
-                msg: format!("POST {url}: HTTP {status}: {}", snippet(&bytes)),
+                msg: format!("POST {url}: HTTP {status}: {}", snippet(&reply.raw)),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ReqError {
+        reply.finish().map_err(|e| ReqError {
             retryable: true,
-            msg: format!(
-                "POST {url}: the reply is not JSON ({e}): {:?}",
-                snippet(&bytes)
-            ),
+            msg: format!("POST {url}: {e}"),
         })
     }
 
@@ -576,6 +746,9 @@ impl Shared {
     async fn request(self: Arc<Self>, body: Value, n: usize) -> Result<Reply, String> {
         let mut attempt = 0usize;
         loop {
+            if let Some(msg) = self.aborted() {
+                return Err(msg);
+            }
             let res = {
                 let _permit = self
                     .sem
@@ -626,6 +799,9 @@ impl Shared {
                 (i, _, Err(e)) => {
                     if e.retryable {
                         self.mark_fail(i, &e.msg);
+                        if let Some(msg) = self.aborted() {
+                            return Err(msg);
+                        }
                     }
                     if !e.retryable || attempt >= self.opts.max_retries {
                         return Err(format!(
@@ -643,34 +819,40 @@ impl Shared {
         }
     }
 
-    /// Refresh each endpoint's reported weight version (`GET /weight_info`), where supported.
+    /// Refresh each endpoint's reported weight version ([`VERSION_ROUTES`]), where supported.
     async fn refresh_versions(&self) {
         let futs = self.endpoints.iter().map(|ep| async move {
-            let skip = {
-                let h = ep.health();
-                h.no_weight_info || h.down
-            };
-            if skip {
-                return;
-            }
-            let url = format!("{}/weight_info", ep.base);
-            let mut rb = self.probe_client.get(&url);
-            if let Some(a) = &ep.auth {
-                rb = rb.header(reqwest::header::AUTHORIZATION, a);
-            }
-            match rb.send().await {
-                Ok(r) if r.status().is_success() => {
-                    let v: Option<Value> = r.json().await.ok();
-                    ep.health().server_version = v
-                        .as_ref()
-                        .and_then(|v| v.get("weight_version"))
-                        .and_then(parse_version);
+            loop {
+                let route = {
+                    let h = ep.health();
+                    match VERSION_ROUTES.get(h.version_route) {
+                        Some(r) if !h.down => *r,
+                        _ => return,
+                    }
+                };
+                let url = format!("{}{route}", ep.base);
+                let mut rb = self.probe_client.get(&url);
+                if let Some(a) = &ep.auth {
+                    rb = rb.header(reqwest::header::AUTHORIZATION, a);
                 }
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
-                    ep.health().no_weight_info = true;
+                match rb.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let v: Option<Value> = r.json().await.ok();
+                        ep.health().server_version = v
+                            .as_ref()
+                            .and_then(|v| v.get("weight_version"))
+                            .and_then(parse_version);
+                        return;
+                    }
+                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                        ep.health().version_route += 1;
+                    }
+                    // Unknown now: tag with the version the orchestrator published.
+                    _ => {
+                        ep.health().server_version = None;
+                        return;
+                    }
                 }
-                // Unknown now: tag with the version the orchestrator published.
-                _ => ep.health().server_version = None,
             }
         });
         futures_join_all(futs).await;
@@ -734,7 +916,10 @@ impl OpenAiEngine {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs_f64(cfg.request_timeout_s))
             .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(cfg.max_concurrency)
+            // A streamed reply's connection is not reused: llama-server closes it after the
+            // stream (the next request on it fails with "connection closed before message
+            // completed"), and a new local connection costs nothing beside a generation.
+            .pool_max_idle_per_host(if cfg.stream { 0 } else { cfg.max_concurrency })
             // Below uvicorn's 5 s keep-alive, so a training step's pause doesn't leave pooled
             // connections the server has already closed.
             .pool_idle_timeout(Duration::from_secs(3))
@@ -763,11 +948,16 @@ impl OpenAiEngine {
         // Fail fast: every endpoint must be up; resolve model names.
         rt.block_on(async {
             for ep in &mut endpoints {
-                if let Err(e) = probe(&probe_client, ep).await {
-                    bail!(
+                match probe(&probe_client, ep).await {
+                    Ok(()) => {}
+                    Err(ProbeError::Unreachable(e)) => bail!(
                         "no server at {} ({e}): start one with scripts/serve-vllm.sh MODEL PORT, or fix rollout.endpoints",
                         ep.base
-                    );
+                    ),
+                    Err(ProbeError::Unhealthy(e)) => bail!(
+                        "the server at {} is up but not healthy ({e}): see its log (it may still be loading the model)",
+                        ep.base
+                    ),
                 }
                 if ep.model.is_empty() {
                     ep.model = first_model(&probe_client, ep).await?;
@@ -788,7 +978,12 @@ impl OpenAiEngine {
                 backoff_max_ms: cfg.backoff_max_ms.max(cfg.backoff_ms),
                 endpoint_failures: cfg.endpoint_failures,
                 down_timeout: Duration::from_secs_f64(cfg.endpoint_down_timeout_s),
+                progress: (cfg.progress_timeout_s > 0.0)
+                    .then(|| Duration::from_secs_f64(cfg.progress_timeout_s)),
+                max_consecutive: cfg.max_consecutive_failures,
             },
+            consecutive_failures: AtomicUsize::new(0),
+            abort: Mutex::new(None),
         });
         Ok(Self {
             rt: Some(rt),
@@ -825,7 +1020,7 @@ impl OpenAiEngine {
             "seed": seed & 0x7fff_ffff,
             "logprobs": 0,
             "return_token_ids": true,
-            "stream": false,
+            "stream": s.stream,
         });
         if s.top_k > 0 {
             b["top_k"] = json!(s.top_k);
@@ -922,6 +1117,8 @@ impl RolloutEngine for OpenAiEngine {
         sampling: &RolloutConfig,
     ) -> Result<Vec<Completion>> {
         self.stats = RolloutStats::default();
+        *self.shared.abort.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.consecutive_failures.store(0, Ordering::SeqCst);
         self.shared.peak_in_flight.store(0, Ordering::SeqCst);
         let mut have: Vec<Vec<Completion>> = vec![Vec::new(); requests.len()];
         let mut round = vec![0u64; requests.len()];

@@ -103,6 +103,7 @@ const SAFE_KEYS: &[&str] = &[
     "rollout.max_concurrency",
     "rollout.request_timeout_s",
     "rollout.progress_timeout_s",
+    "rollout.stream",
     "rollout.max_retries",
     "rollout.backoff_ms",
     "rollout.backoff_max_ms",

@@ -167,7 +167,11 @@ pub fn start_llama(env: &LlamaEnv, port: u16, slots: usize, log: &Path) -> Serve
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// Before the headers.
     pub delay: Duration,
+    /// Nonzero: the body is sent in pieces (split after each blank line, as server-sent
+    /// events are) with this pause between them.
+    pub drip: Duration,
 }
 
 impl Reply {
@@ -176,6 +180,43 @@ impl Reply {
             status: 200,
             body: v.to_string(),
             delay: Duration::ZERO,
+            drip: Duration::ZERO,
+        }
+    }
+
+    /// A non-success reply.
+    pub fn error(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.to_string(),
+            ..Reply::json(serde_json::Value::Null)
+        }
+    }
+
+    /// `v`'s choices as a server-sent event stream, one event per choice and token, ending
+    /// with `data: [DONE]` (unless `done` is false: a cut stream).
+    pub fn sse(v: &serde_json::Value, drip: Duration, done: bool) -> Reply {
+        let mut body = String::new();
+        for c in v["choices"].as_array().into_iter().flatten() {
+            let ids = c["token_ids"].as_array().cloned().unwrap_or_default();
+            for (t, id) in ids.iter().enumerate() {
+                let last = t + 1 == ids.len();
+                let ev = serde_json::json!({"choices": [{
+                    "index": c["index"], "text": "x", "token_ids": [id],
+                    "logprobs": {"token_logprobs": [c["logprobs"]["token_logprobs"][t]]},
+                    "finish_reason": if last { c["finish_reason"].clone() } else { serde_json::Value::Null },
+                }]});
+                body.push_str(&format!("data: {ev}\n\n"));
+            }
+        }
+        if done {
+            body.push_str("data: [DONE]\n\n");
+        }
+        Reply {
+            status: 200,
+            body,
+            delay: Duration::ZERO,
+            drip,
         }
     }
 }
@@ -187,6 +228,8 @@ type Handler = dyn Fn(&str, &str, &serde_json::Value, usize) -> Reply + Send + S
 pub struct FakeServer {
     pub port: u16,
     pub posts: Arc<AtomicUsize>,
+    /// The status `GET /health` answers (200 unless a test changes it).
+    pub health: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -197,8 +240,9 @@ impl FakeServer {
         let port = l.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
         let posts = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(AtomicUsize::new(200));
         let handler: Arc<Handler> = Arc::from(handler);
-        let (st, ps) = (stop.clone(), posts.clone());
+        let (st, ps, hs) = (stop.clone(), posts.clone(), health.clone());
         let thread = thread::spawn(move || {
             for conn in l.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -206,13 +250,14 @@ impl FakeServer {
                 }
                 let Ok(conn) = conn else { continue };
                 let h = handler.clone();
-                let ps = ps.clone();
-                thread::spawn(move || serve_conn(conn, &*h, &ps));
+                let (ps, hs) = (ps.clone(), hs.clone());
+                thread::spawn(move || serve_conn(conn, &*h, &ps, &hs));
             }
         });
         FakeServer {
             port,
             posts,
+            health,
             stop,
             thread: Some(thread),
         }
@@ -233,7 +278,7 @@ impl Drop for FakeServer {
     }
 }
 
-fn serve_conn(conn: TcpStream, h: &Handler, posts: &AtomicUsize) {
+fn serve_conn(conn: TcpStream, h: &Handler, posts: &AtomicUsize, health: &AtomicUsize) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut r = BufReader::new(match conn.try_clone() {
         Ok(c) => c,
@@ -271,7 +316,10 @@ fn serve_conn(conn: TcpStream, h: &Handler, posts: &AtomicUsize) {
         let json: serde_json::Value =
             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
         let reply = if method == "GET" && path == "/health" {
-            Reply::json(serde_json::json!({"status": "ok"}))
+            match health.load(Ordering::SeqCst) {
+                200 => Reply::json(serde_json::json!({"status": "ok"})),
+                s => Reply::error(s as u16, "unhealthy"),
+            }
         } else if method == "GET" && path == "/v1/models" {
             Reply::json(serde_json::json!({"data": [{"id": "fake"}]}))
         } else {
@@ -283,14 +331,28 @@ fn serve_conn(conn: TcpStream, h: &Handler, posts: &AtomicUsize) {
             h(&method, &path, &json, k)
         };
         thread::sleep(reply.delay);
-        let msg = format!(
-            "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        let head = format!(
+            "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             reply.status,
             reply.body.len(),
-            reply.body
         );
-        if w.write_all(msg.as_bytes()).is_err() {
+        if w.write_all(head.as_bytes()).is_err() {
             return;
+        }
+        if reply.drip.is_zero() {
+            if w.write_all(reply.body.as_bytes()).is_err() {
+                return;
+            }
+        } else {
+            for piece in reply.body.split_inclusive("\n\n") {
+                thread::sleep(reply.drip);
+                if w.write_all(piece.as_bytes())
+                    .and_then(|()| w.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
         }
     }
 }

@@ -61,6 +61,20 @@ pub fn check_generation(
         max_diff < 0.5,
         "served log-probs differ from the tch policy by {max_diff}"
     );
+    // Streamed (the default) and unstreamed replies carry the same completion: greedy, so
+    // the two must agree token for token.
+    assert!(cfg.stream, "the shipped default streams");
+    let greedy = |engine: &mut OpenAiEngine, stream: bool| {
+        let c = RolloutConfig {
+            temperature: 0.0,
+            stream,
+            ..cfg.clone()
+        };
+        let out = engine.generate(&reqs[..1], &c).expect("greedy generate");
+        (out[0].token_ids.clone(), out[0].finish_reason)
+    };
+    let streamed = greedy(engine, true);
+    assert_eq!(streamed, greedy(engine, false), "streamed vs unstreamed");
     reqs
 }
 
