@@ -422,3 +422,39 @@ fn an_endpoint_that_fails_completions_stays_out_whatever_health_says() {
         "{bad_posts} requests to the failing endpoint"
     );
 }
+
+#[test]
+fn a_prompt_refused_with_400_is_skipped_unless_most_of_the_step_is() {
+    // Request k carries prompt [1, 2, 3 + k]: the server refuses prompt 5 (k = 2).
+    let srv = FakeServer::start(Box::new(|_, _, body, _| {
+        if body["prompt"][2] == 5 {
+            return Reply::error(400, r#"{"error": {"message": "prompt too long"}}"#);
+        }
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        Reply::json(completion_reply(n, 2, None))
+    }));
+    let c = cfg(&[srv.url()]);
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    let ns = [2, 1, 3, 2];
+    let comps = e.generate(&requests(&ns), &c).expect("the others go on");
+    assert_exact(&comps, &[2, 1, 0, 2]);
+    assert_eq!(e.last_skipped(), [2]);
+    assert_eq!(e.last_stats().skipped_requests, 1);
+    // The next call starts afresh.
+    let comps = e
+        .generate(&requests(&[1, 1]), &c)
+        .expect("no refused prompt");
+    assert_exact(&comps, &[1, 1]);
+    assert!(e.last_skipped().is_empty());
+
+    // Every prompt refused: one error that says it is not one bad prompt.
+    let all = FakeServer::start(Box::new(|_, _, _, _| Reply::error(400, "bad request")));
+    let c = cfg(&[all.url()]);
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    let err = format!("{:#}", e.generate(&requests(&[1; 4]), &c).unwrap_err());
+    assert!(
+        err.contains("more than half of the step's 4 requests were refused"),
+        "{err}"
+    );
+    assert!(err.contains("HTTP 400"), "{err}");
+}

@@ -205,3 +205,63 @@ fn concurrency_limit_holds_and_is_reached() {
         assert_eq!(st.retries, 0);
     }
 }
+
+#[test]
+fn a_prompt_the_server_refuses_sits_the_step_out_and_the_run_goes_on() {
+    let Some(env) = llama_env() else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Two slots (llama-server takes n up to its slots) and 2048 tokens of context: a
+    // 3000-token prompt fits the model (8192 positions, so it is not dropped at load) but not
+    // the server, which answers 400 (exceed_context_size_error).
+    let srv = start_llama(&env, free_port(), 2, &tmp.path().join("llama.log"));
+    let train = tmp.path().join("train.jsonl");
+    let mut rows: Vec<String> = (0..3)
+        .map(|i| {
+            serde_json::json!({"id": format!("p{i}"), "problem": format!("What is {i} plus 2?"),
+                "answer": (i + 2).to_string()})
+            .to_string()
+        })
+        .collect();
+    rows.push(
+        serde_json::json!({"id": "long", "problem": "one two three ".repeat(1000), "answer": "1"})
+            .to_string(),
+    );
+    std::fs::write(&train, rows.join("\n")).expect("train");
+    let sets: Vec<String> = vec![
+        format!("model.path={}", env.hf_dir.display()),
+        "model.device=cpu".into(),
+        format!("data.train={}", train.display()),
+        "data.eval=[]".into(),
+        "batch.prompts=4".into(),
+        "batch.budget=8".into(),
+        "curriculum.strategy=grpo".into(),
+        "curriculum.sampling=without_replacement".into(),
+        "iterations.subsets=1".into(),
+        "iterations.steps=2".into(),
+        "iterations.init_rollouts=0".into(),
+        "run.steps=2".into(),
+        "train.kl_coef=0".into(),
+        "reward.fallback_last_number=true".into(),
+        "rollout.engine=openai".into(),
+        "rollout.sync=none".into(),
+        "rollout.max_tokens=8".into(),
+        format!("rollout.endpoints=[{{url = \"{}\"}}]", srv.url("")),
+    ];
+    let config = cures::config::Config::from_toml_str("", "<refused>", &sets).expect("config");
+    let out = tmp.path().join("run");
+    cures::run::run(cures::run::RunOptions {
+        config,
+        out: Some(out.clone()),
+        resume: false,
+        quiet: true,
+    })
+    .unwrap_or_else(|e| panic!("the run must go on past a refused prompt: {e:#}"));
+    let rows =
+        cures::rundir::read_csv::<cures::run::StepRow>(&out.join("steps.csv")).expect("steps.csv");
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r.skipped_prompts, 1, "the long prompt is skipped each step");
+        assert_eq!(r.completions, 6, "the other three prompts got their n = 2");
+    }
+}

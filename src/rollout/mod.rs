@@ -198,7 +198,8 @@ pub struct Completion {
 
 /// A source of rollouts.
 pub trait RolloutEngine {
-    /// Exactly `requests[i].n` completions of every request, request-major.
+    /// Exactly `requests[i].n` completions of every request, request-major, except the
+    /// requests listed by [`RolloutEngine::last_skipped`] afterwards, which get none.
     fn generate(
         &mut self,
         requests: &[RolloutRequest],
@@ -208,6 +209,11 @@ pub trait RolloutEngine {
     fn weight_version(&self) -> u64;
     /// Record that the weights of version `v` are now live (after a sync).
     fn set_weight_version(&mut self, v: u64);
+    /// Requests of the last `generate` call that got no completions because the server refused
+    /// them as such (HTTP 4xx); every other request got exactly its `n`.
+    fn last_skipped(&self) -> &[usize] {
+        &[]
+    }
     /// Counters of the last `generate` call (retries, top-ups, stale completions, ...).
     fn last_stats(&self) -> RolloutStats {
         RolloutStats::default()
@@ -231,4 +237,6 @@ pub struct RolloutStats {
     pub surplus: u64,
     /// Most generation requests on the wire at once (bounded by `max_concurrency`).
     pub peak_in_flight: u64,
+    /// Requests the servers refused as such (HTTP 4xx), skipped for the step.
+    pub skipped_requests: u64,
 }

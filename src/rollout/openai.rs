@@ -337,7 +337,26 @@ pub fn parse_completion_response(v: &Value) -> Result<(Vec<ParsedChoice>, Option
 #[derive(Debug)]
 struct ReqError {
     retryable: bool,
+    /// The server refused this request as such (HTTP 4xx other than 408/429, or a reply
+    /// over the size bound): the prompt is skipped for the step instead of ending it.
+    rejected: bool,
     msg: String,
+}
+
+/// Why one prompt's request failed for good.
+struct Failure {
+    msg: String,
+    /// Refused by the server as such (see [`ReqError::rejected`]): skip the prompt.
+    rejected: bool,
+}
+
+impl Failure {
+    fn fatal(msg: String) -> Self {
+        Self {
+            msg,
+            rejected: false,
+        }
+    }
 }
 
 fn err_chain(e: &dyn std::error::Error) -> String {
@@ -632,6 +651,7 @@ impl Shared {
         loop {
             if let Some(msg) = self.aborted() {
                 return Err(ReqError {
+                    rejected: false,
                     retryable: false,
                     msg,
                 });
@@ -652,6 +672,7 @@ impl Shared {
                     .map(|e| format!("{} ({})", e.base, e.health().last_error))
                     .collect();
                 return Err(ReqError {
+                    rejected: false,
                     retryable: false,
                     msg: format!(
                             "every endpoint has been out for {:.0} s (rollout.endpoint_down_timeout_s): {}",
@@ -673,6 +694,7 @@ impl Shared {
         }
         let stalled = |when: &str| {
             ReqError {
+            rejected: false,
             retryable: true,
             msg: format!(
                 "POST {url}: no bytes for {:.0} s {when} (rollout.progress_timeout_s): the server accepted the request but does not answer",
@@ -681,6 +703,7 @@ impl Shared {
         }
         };
         let transport = |e: reqwest::Error, when: &str| ReqError {
+            rejected: false,
             retryable: true,
             msg: format!(
                 "POST {url}: {when}{}{}",
@@ -710,6 +733,7 @@ impl Shared {
             reply.bytes += chunk.len();
             if reply.bytes > limit {
                 return Err(ReqError {
+                    rejected: true,
                     retryable: false,
                     msg: format!(
                         "POST {url}: the reply is over {} MiB for {want} tokens; refusing to buffer more",
@@ -719,6 +743,7 @@ impl Shared {
             }
             if status.is_success() {
                 reply.feed(&chunk).map_err(|e| ReqError {
+                    rejected: false,
                     retryable: true,
                     msg: format!("POST {url}: {e}"),
                 })?;
@@ -731,11 +756,13 @@ impl Shared {
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 || status == reqwest::StatusCode::REQUEST_TIMEOUT;
             return Err(ReqError {
+                rejected: status.is_client_error() && !retryable,
                 retryable,
                 msg: format!("POST {url}: HTTP {status}: {}", snippet(&reply.raw)),
             });
         }
         reply.finish().map_err(|e| ReqError {
+            rejected: false,
             retryable: true,
             msg: format!("POST {url}: {e}"),
         })
@@ -743,19 +770,18 @@ impl Shared {
 
     /// One prompt's request, retried (possibly on other endpoints) until it succeeds or the
     /// retries are spent.
-    async fn request(self: Arc<Self>, body: Value, n: usize) -> Result<Reply, String> {
+    async fn request(self: Arc<Self>, body: Value, n: usize) -> Result<Reply, Failure> {
         let mut attempt = 0usize;
         loop {
             if let Some(msg) = self.aborted() {
-                return Err(msg);
+                return Err(Failure::fatal(msg));
             }
             let res = {
-                let _permit = self
-                    .sem
-                    .acquire()
-                    .await
-                    .map_err(|_| "the request limiter was closed".to_string())?;
-                let (i, _out) = self.pick(n).await.map_err(|e| e.msg)?;
+                let _permit =
+                    self.sem.acquire().await.map_err(|_| {
+                        Failure::fatal("the request limiter was closed".to_string())
+                    })?;
+                let (i, _out) = self.pick(n).await.map_err(|e| Failure::fatal(e.msg))?;
                 let _wire = InFlight::enter(&self);
                 let mut b = body.clone();
                 b["model"] = Value::String(self.endpoints[i].model.clone());
@@ -763,6 +789,7 @@ impl Shared {
                 b["logprobs"] = json!(k);
                 let r = self.post(i, &b).await.and_then(|v| {
                     parse_completion_response(&v).map_err(|e| ReqError {
+                        rejected: false,
                         retryable: true,
                         msg: format!(
                             "POST {}/v1/completions: bad reply: {e:#}",
@@ -800,16 +827,19 @@ impl Shared {
                     if e.retryable {
                         self.mark_fail(i, &e.msg);
                         if let Some(msg) = self.aborted() {
-                            return Err(msg);
+                            return Err(Failure::fatal(msg));
                         }
                     }
                     if !e.retryable || attempt >= self.opts.max_retries {
-                        return Err(format!(
-                            "{} (gave up after {} attempt{})",
-                            e.msg,
-                            attempt + 1,
-                            if attempt == 0 { "" } else { "s" }
-                        ));
+                        return Err(Failure {
+                            msg: format!(
+                                "{} (gave up after {} attempt{})",
+                                e.msg,
+                                attempt + 1,
+                                if attempt == 0 { "" } else { "s" }
+                            ),
+                            rejected: e.rejected,
+                        });
                     }
                     attempt += 1;
                     tracing::info!("retry {attempt}: {}", e.msg);
@@ -880,6 +910,8 @@ pub struct OpenAiEngine {
     version: u64,
     max_staleness: u64,
     stats: RolloutStats,
+    /// Requests of the last `generate` that the servers refused (no completions returned).
+    skipped: Vec<usize>,
 }
 
 impl std::fmt::Debug for OpenAiEngine {
@@ -992,6 +1024,7 @@ impl OpenAiEngine {
             version: 0,
             max_staleness: cfg.max_staleness,
             stats: RolloutStats::default(),
+            skipped: Vec::new(),
         })
     }
 
@@ -1064,7 +1097,7 @@ impl OpenAiEngine {
     async fn run(
         shared: Arc<Shared>,
         jobs: Vec<(usize, Value, usize)>,
-    ) -> tokio::task::JoinSet<(usize, usize, Result<Reply, String>)> {
+    ) -> tokio::task::JoinSet<(usize, usize, Result<Reply, Failure>)> {
         let mut set = tokio::task::JoinSet::new();
         for (i, body, n) in jobs {
             let sh = Arc::clone(&shared);
@@ -1120,6 +1153,7 @@ impl RolloutEngine for OpenAiEngine {
         *self.shared.abort.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.shared.consecutive_failures.store(0, Ordering::SeqCst);
         self.shared.peak_in_flight.store(0, Ordering::SeqCst);
+        self.skipped.clear();
         let mut have: Vec<Vec<Completion>> = vec![Vec::new(); requests.len()];
         let mut round = vec![0u64; requests.len()];
         let mut idle_rounds = vec![0usize; requests.len()];
@@ -1130,6 +1164,7 @@ impl RolloutEngine for OpenAiEngine {
             .filter(|(_, r)| r.n > 0)
             .map(|(i, r)| (i, Self::body(r, r.n, r.seed, sampling), r.n))
             .collect();
+        let live = jobs.len();
         let shared = Arc::clone(&self.shared);
         let rt = self
             .rt
@@ -1142,7 +1177,22 @@ impl RolloutEngine for OpenAiEngine {
             let mut seen_versions: HashSet<u64> = HashSet::new();
             while let Some(joined) = set.join_next().await {
                 let (i, asked, reply) = joined.map_err(|e| anyhow!("a rollout task failed: {e}"))?;
-                let reply = reply.map_err(|e| anyhow!("request {i} (n = {asked}): {e}"))?;
+                let reply = match reply {
+                    Ok(r) => r,
+                    // Refused as such (e.g. prompt + max_tokens over the server's context):
+                    // this prompt sits the step out, unless most of the step is refused.
+                    Err(f) if f.rejected && 2 * (self.skipped.len() + 1) <= live => {
+                        tracing::warn!("request {i} (n = {asked}) skipped for this step: {}", f.msg);
+                        self.skipped.push(i);
+                        have[i].clear();
+                        continue;
+                    }
+                    Err(f) if f.rejected => bail!(
+                        "request {i} (n = {asked}): {}; more than half of the step's {live} requests were refused, so this is not one bad prompt: check rollout.max_tokens against the server's context (--max-model-len) and the request fields",
+                        f.msg
+                    ),
+                    Err(f) => bail!("request {i} (n = {asked}): {}", f.msg),
+                };
                 self.stats.retries += reply.retries;
                 self.stats.requests += reply.retries;
                 let need = requests[i].n - have[i].len();
@@ -1190,7 +1240,13 @@ impl RolloutEngine for OpenAiEngine {
         self.stats.peak_in_flight = self.shared.peak_in_flight.load(Ordering::SeqCst) as u64;
         result?;
         let out: Vec<Completion> = have.into_iter().flatten().collect();
-        let expected: usize = requests.iter().map(|r| r.n).sum();
+        self.stats.skipped_requests = self.skipped.len() as u64;
+        let expected: usize = requests
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.skipped.contains(i))
+            .map(|(_, r)| r.n)
+            .sum();
         if out.len() != expected {
             bail!(
                 "openai engine: {} completions, {} requested",
@@ -1203,6 +1259,10 @@ impl RolloutEngine for OpenAiEngine {
 
     fn weight_version(&self) -> u64 {
         self.version
+    }
+
+    fn last_skipped(&self) -> &[usize] {
+        &self.skipped
     }
 
     fn set_weight_version(&mut self, v: u64) {

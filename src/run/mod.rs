@@ -517,7 +517,7 @@ fn train_step(
     }
 
     let t = Instant::now();
-    let plan = cur.plan_step()?;
+    let mut plan = cur.plan_step()?;
     row.sec_sample = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -529,6 +529,11 @@ fn train_step(
     let groups = plan.groups.iter().map(|g| (g.prompt, g.n as usize));
     let gen = step::generate(engine, cfg, prompts, groups, counters.step, 0)?;
     row.stale_completions += gen.stale;
+    // A prompt the server refused sits the step out: no completions, no observation.
+    for &k in &gen.skipped {
+        plan.groups[k].n = 0;
+    }
+    row.skipped_prompts = gen.skipped.len() as u64;
     row.sec_generate = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -591,8 +596,15 @@ impl StepRow {
 
     /// The line printed after the step.
     fn summary_line(&self) -> String {
+        let skipped = match self.skipped_prompts {
+            0 => String::new(),
+            k => format!(
+                " | {k} prompt{} refused by the server",
+                if k == 1 { "" } else { "s" }
+            ),
+        };
         format!(
-            "step {:>4} it {} | reward {:.3} | zero-var {:.2} | n {}..{} | loss {:+.4} kl {:.4} | gen {:.1}s train {:.1}s",
+            "step {:>4} it {} | reward {:.3} | zero-var {:.2} | n {}..{} | loss {:+.4} kl {:.4} | gen {:.1}s train {:.1}s{skipped}",
             self.step, self.iteration, self.mean_reward, self.zero_var_group_frac, self.n_min,
             self.n_max, self.loss, self.kl, self.sec_generate, self.sec_train
         )

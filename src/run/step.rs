@@ -25,6 +25,8 @@ pub(crate) struct Generated {
     pub requests: Vec<RolloutRequest>,
     pub comps: Vec<Completion>,
     pub stale: u64,
+    /// Requests the servers refused (they got no completions and sit this step out).
+    pub skipped: Vec<usize>,
 }
 
 /// Generate: `n` completions for each `(prompt, n)`; request `k`'s seed derives from
@@ -47,10 +49,12 @@ pub(crate) fn generate(
         .collect();
     let comps = engine.generate(&requests, &cfg.rollout)?;
     let stale = engine.last_stats().stale_completions;
+    let skipped = engine.last_skipped().to_vec();
     Ok(Generated {
         requests,
         comps,
         stale,
+        skipped,
     })
 }
 
@@ -144,7 +148,9 @@ pub(crate) fn iteration_start(
         .init_prompts
         .iter()
         .zip(&succ)
-        .map(|(&p, &s)| (p, s, it.init_rollouts))
+        .enumerate()
+        .filter(|(k, _)| !g.skipped.contains(k))
+        .map(|(_, (&p, &s))| (p, s, it.init_rollouts))
         .collect();
     cur.observe_init(&outcomes)?;
     if cfg.curriculum.sigma == crate::config::SigmaKind::Gradient {

@@ -70,6 +70,9 @@ pub struct StepRow {
     /// Completions discarded as staler than `rollout.max_staleness` (and regenerated).
     #[serde(default)]
     pub stale_completions: u64,
+    /// Prompts of the batch the servers refused (HTTP 4xx), skipped for the step.
+    #[serde(default)]
+    pub skipped_prompts: u64,
 }
 
 /// One row of `eval.csv`.
