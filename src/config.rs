@@ -168,6 +168,9 @@ pub struct RunConfig {
     pub log_rollouts: usize,
     /// Checkpoints kept (older ones are deleted; at least 1).
     pub keep_checkpoints: usize,
+    /// Also write every steps.csv / eval.csv row as TensorBoard scalars under
+    /// `<run dir>/tensorboard/` (`tensorboard --logdir <run dir>`).
+    pub tensorboard: bool,
 }
 
 impl Default for RunConfig {
@@ -182,6 +185,7 @@ impl Default for RunConfig {
             prompts_every: 10,
             log_rollouts: 8,
             keep_checkpoints: 2,
+            tensorboard: true,
         }
     }
 }

@@ -117,6 +117,19 @@ fn short_run_writes_consistent_csvs() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("4 steps, 96 completions"), "{stdout}");
 
+    // TensorBoard scalars beside the CSVs: one event file, a record per step and evaluation.
+    let tb: Vec<std::fs::DirEntry> = std::fs::read_dir(out.join("tensorboard"))
+        .expect("tensorboard/")
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(tb.len(), 1);
+    let name = tb[0].file_name().to_string_lossy().to_string();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    let bytes = std::fs::read(tb[0].path()).expect("events");
+    assert!(bytes.windows(17).any(|w| w == b"train/mean_reward"));
+    assert!(bytes.windows(12).any(|w| w == b"eval/heldout"));
+    assert!(stdout.contains("tensorboard/"), "{stdout}");
+
     let (head, rows) = read_csv(&out.join("steps.csv"));
     for col in [
         "step",
@@ -138,6 +151,10 @@ fn short_run_writes_consistent_csvs() {
         "cum_completions",
         "cum_tokens",
         "weight_version",
+        "skipped_prompts",
+        "sync_write_s",
+        "sync_load_s",
+        "sync_verify_s",
     ] {
         assert!(
             head.iter().any(|h| h == col),

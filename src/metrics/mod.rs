@@ -3,6 +3,8 @@
 //! A file is first written to a temporary sibling, flushed and fsynced, then renamed over the
 //! target, so a crash or Ctrl-C never leaves a half-written CSV behind.
 
+pub mod tensorboard;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

@@ -33,6 +33,7 @@ use tch::Kind;
 
 use crate::config::Config;
 use crate::curriculum::{Curriculum, CurriculumState};
+use crate::metrics::tensorboard::{numeric_fields, EventWriter};
 use crate::policy::{parse_kind, Policy};
 use crate::rollout::RolloutEngine;
 use crate::rundir::{
@@ -213,23 +214,43 @@ struct Logs {
     eval_rows: Vec<EvalRow>,
     prompts: CsvLog<PromptTraceRow>,
     rollouts: JsonlLog,
+    /// TensorBoard scalars (`run.tensorboard`).
+    tb: Option<EventWriter>,
 }
 
 impl Logs {
     /// Open the logs, keeping the rows up to `step` (those of the checkpoint resumed from).
-    fn open(rd: &RunDir, step: u64) -> Result<Logs> {
+    fn open(rd: &RunDir, step: u64, tensorboard: bool) -> Result<Logs> {
         let (steps, _) = CsvLog::open(&rd.path("steps.csv"), |r: &StepRow| r.step <= step)?;
         let (eval, eval_rows) = CsvLog::open(&rd.path("eval.csv"), |r: &EvalRow| r.step <= step)?;
         let (prompts, _) =
             CsvLog::open(&rd.path("prompts.csv"), |r: &PromptTraceRow| r.step <= step)?;
         let rollouts = JsonlLog::open(&rd.path("rollouts.jsonl"), step)?;
+        let tb = if tensorboard {
+            Some(EventWriter::create(&rd.path("tensorboard"))?)
+        } else {
+            None
+        };
         Ok(Logs {
             steps,
             eval,
             eval_rows,
             prompts,
             rollouts,
+            tb,
         })
+    }
+
+    /// A step's row: steps.csv, and its numbers as `train/<column>` scalars.
+    fn step_row(&mut self, row: &StepRow) -> Result<()> {
+        self.steps.append([row])?;
+        if let Some(tb) = self.tb.as_mut() {
+            let mut vals = numeric_fields("train", row);
+            vals.retain(|(k, _)| k != "train/step");
+            tb.scalars(row.step, &vals)?;
+            tb.flush()?;
+        }
+        Ok(())
     }
 
     /// Evaluate every held-out set; returns the first set's accuracy.
@@ -256,6 +277,14 @@ impl Logs {
             }
         }
         self.eval.append(&rows)?;
+        if let Some(tb) = self.tb.as_mut() {
+            let vals: Vec<(String, f64)> = rows
+                .iter()
+                .map(|r| (format!("eval/{}", r.benchmark), r.accuracy))
+                .collect();
+            tb.scalars(step, &vals)?;
+            tb.flush()?;
+        }
         self.eval_rows.extend(rows);
         Ok(first)
     }
@@ -417,7 +446,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             .with_context(|| format!("initial weight sync ({})", sync.name()))?;
     }
     record_config(&rd, &cfg, counters.step, &changes)?;
-    let mut logs = Logs::open(&rd, counters.step)?;
+    let mut logs = Logs::open(&rd, counters.step, cfg.run.tensorboard)?;
     rd.keep();
 
     let total = total_steps(&cfg);
@@ -448,7 +477,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             phase_sum[k] += s;
         }
         say(&bar, opts.quiet, row.summary_line());
-        logs.steps.append([&row])?;
+        logs.step_row(&row)?;
         logs.rollouts.append(&lines)?;
         bar.inc(1);
 
@@ -553,6 +582,10 @@ fn train_step(
         .with_context(|| format!("weight sync ({})", sync.name()))?;
     engine.set_weight_version(counters.weight_version);
     row.sec_sync = t.elapsed().as_secs_f64();
+    if let Some(st) = sync.last_timing() {
+        (row.sync_write_s, row.sync_load_s, row.sync_verify_s) =
+            (st.write_s, st.call_s, st.verify_s);
+    }
 
     counters.step += 1;
     step::fill_row(

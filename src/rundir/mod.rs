@@ -144,6 +144,7 @@ impl RunDir {
             "rollouts.jsonl",
             "resumes.jsonl",
             "checkpoints",
+            "tensorboard",
         ]
         .into_iter()
         .filter(|n| self.dir.join(n).exists())

@@ -97,6 +97,7 @@ const SAFE_KEYS: &[&str] = &[
     "run.prompts_every",
     "run.log_rollouts",
     "run.keep_checkpoints",
+    "run.tensorboard",
     "data.eval",
     "data.eval_max",
     "rollout.endpoints",

@@ -73,6 +73,15 @@ pub struct StepRow {
     /// Prompts of the batch the servers refused (HTTP 4xx), skipped for the step.
     #[serde(default)]
     pub skipped_prompts: u64,
+    /// Seconds of this step's publish writing the checkpoint / adapter (server sync only).
+    #[serde(default)]
+    pub sync_write_s: f64,
+    /// Seconds of the server's reload calls.
+    #[serde(default)]
+    pub sync_load_s: f64,
+    /// Seconds of the served-vs-trained log-prob probe.
+    #[serde(default)]
+    pub sync_verify_s: f64,
 }
 
 /// One row of `eval.csv`.

@@ -119,5 +119,15 @@ pub fn short_run(model: &Path, url: &str, sync: &str, out: &Path) -> String {
     );
     let steps = std::fs::read_to_string(out.join("steps.csv")).expect("steps.csv");
     assert_eq!(steps.lines().count(), 3, "header + 2 steps:\n{steps}");
+    // Every step published: its write and reload times are in its row.
+    let rows =
+        cures::rundir::read_csv::<cures::run::StepRow>(&out.join("steps.csv")).expect("rows");
+    for r in &rows {
+        assert!(
+            r.sync_write_s > 0.0 && r.sync_load_s > 0.0,
+            "sync timings of step {}: {r:?}",
+            r.step
+        );
+    }
     steps
 }
