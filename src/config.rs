@@ -123,7 +123,8 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// JSONL/CSV file with `problem`, `answer` (optional `id`), or `testbed`.
+    /// Training set: a `.jsonl` / `.json` (lines or one array) / `.csv` / `.parquet` file, a
+    /// Hugging Face dataset folder (shards under `data/`), or `testbed`.
     pub train: String,
     /// Held-out sets evaluated every `run.eval_every` steps (files or `testbed`).
     pub eval: Vec<String>,
@@ -133,6 +134,21 @@ pub struct DataConfig {
     /// and counted; 0 = the model's context (`max_position_embeddings`) minus
     /// `rollout.max_tokens`, so every kept prompt fits with a whole completion.
     pub max_prompt_tokens: usize,
+    /// The field holding the problem text.
+    pub problem_key: String,
+    /// The field holding the answer.
+    pub answer_key: String,
+    /// A field holding a worked solution whose last `\boxed{}` is the answer, for rows without
+    /// `answer_key` (MATH, NuminaMath: `"solution"`); empty = none.
+    pub solution_key: String,
+    /// The field holding a row's id (rows without one are numbered).
+    pub id_key: String,
+    /// The field holding a level: an integer or a string ending in one (`"Level 3"`).
+    pub level_key: String,
+    /// Dataset folders: the split read for training (shards named `<split>*`).
+    pub train_split: String,
+    /// Dataset folders: the split read for the held-out sets.
+    pub eval_split: String,
 }
 
 impl Default for DataConfig {
@@ -142,6 +158,13 @@ impl Default for DataConfig {
             eval: vec!["testbed".to_string()],
             eval_max: 0,
             max_prompt_tokens: 0,
+            problem_key: "problem".to_string(),
+            answer_key: "answer".to_string(),
+            solution_key: String::new(),
+            id_key: "id".to_string(),
+            level_key: "level".to_string(),
+            train_split: "train".to_string(),
+            eval_split: "test".to_string(),
         }
     }
 }

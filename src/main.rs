@@ -43,6 +43,9 @@ enum Command {
     /// The reward: verify answers against golds.
     #[command(subcommand)]
     Reward(cures::reward::cli::RewardCommand),
+    /// Datasets: inspect one, or convert one to cures's JSONL.
+    #[command(subcommand)]
+    Data(cures::data::cli::DataCommand),
     /// Supervised warm start of the tiny testbed policy (writes an HF checkpoint).
     Sft {
         /// The TOML config (its [sft] and [testbed] sections).
@@ -480,6 +483,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Reward(c) => cures::reward::cli::run(c)?,
+        Command::Data(c) => cures::data::cli::run(c)?,
         Command::Sync(a) => cures::sync::cli::run(&a)?,
         Command::Convert(ConvertCommand::Gguf {
             gguf,

@@ -30,7 +30,12 @@ use crate::rollout::{EmbeddedEngine, RolloutConfig, RolloutEngine, RolloutReques
 pub use bench::{load_bench, Bench};
 pub use metrics::{majority_vote, pass_at_k};
 
-/// The paper's Qwen2.5-Math chain-of-thought prompt (the model's own chat format).
+/// The CurES paper's training prompt: the problem, then "Let's think step by step and output
+/// the final answer within \boxed{}.", as the user turn of Qwen's chat format (the shipped
+/// Qwen configs train and evaluate with it).
+pub const CURES_PAPER: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{problem} Let's think step by step and output the final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n";
+
+/// Qwen2.5-Math's own chain-of-thought prompt (its model card's system prompt).
 pub const QWEN25_MATH_COT: &str = "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n";
 
 /// How a problem becomes prompt text.
@@ -45,11 +50,12 @@ pub struct PromptTemplate {
 }
 
 impl PromptTemplate {
-    /// Built-in templates: `qwen25-math-cot`, `raw`, `testbed`, `chat` (the tokenizer's own
+    /// Built-in templates: `cures-paper`, `qwen25-math-cot`, `raw`, `testbed`, `chat` (the tokenizer's own
     /// chat template around the bare problem).
     pub fn builtin(name: &str) -> Option<Self> {
         let (text, chat) = match name {
             "qwen25-math-cot" => (QWEN25_MATH_COT, false),
+            "cures-paper" => (CURES_PAPER, false),
             "raw" => ("{problem}", false),
             "testbed" => ("{problem}=", false),
             "chat" => ("{problem}", true),
@@ -69,7 +75,7 @@ impl PromptTemplate {
         }
         if !spec.contains("{problem}") {
             bail!(
-                "--template {spec:?}: not a built-in template (qwen25-math-cot, raw, testbed, chat) \
+                "--template {spec:?}: not a built-in template (cures-paper, qwen25-math-cot, raw, testbed, chat) \
                  and no {{problem}} placeholder in it"
             );
         }
@@ -82,7 +88,7 @@ impl PromptTemplate {
 
     /// The template of a config's `[rollout]` section.
     pub fn from_rollout(r: &RolloutConfig) -> Self {
-        let builtin = ["qwen25-math-cot", "raw", "testbed"]
+        let builtin = ["cures-paper", "qwen25-math-cot", "raw", "testbed"]
             .into_iter()
             .filter_map(Self::builtin)
             .find(|t| t.text == r.prompt_template && !r.chat);
@@ -645,7 +651,7 @@ pub struct EvalArgs {
     /// Maximum completion tokens (default: the config's, else 3000).
     #[arg(long)]
     pub max_tokens: Option<usize>,
-    /// Prompt template: qwen25-math-cot | raw | testbed | chat | a string with {problem}
+    /// Prompt template: cures-paper | qwen25-math-cot | raw | testbed | chat | a string with {problem}
     /// (default: the config's, else qwen25-math-cot for Qwen2 models, raw otherwise).
     #[arg(long)]
     pub template: Option<String>,
@@ -838,16 +844,13 @@ mod tests {
     }
 
     #[test]
-    fn shipped_qwen_configs_use_the_cot_template() {
+    fn shipped_qwen_configs_use_the_papers_prompt() {
         for size in ["1.5b", "7b"] {
             for strategy in ["grpo", "cures"] {
                 let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join(format!("configs/qwen2.5-math-{size}-{strategy}.toml"));
                 let c = Config::load(&p, &[]).unwrap();
-                assert_eq!(
-                    PromptTemplate::from_rollout(&c.rollout).name,
-                    "qwen25-math-cot"
-                );
+                assert_eq!(PromptTemplate::from_rollout(&c.rollout).name, "cures-paper");
                 assert_eq!(c.batch.budget / c.batch.prompts, 8);
             }
         }

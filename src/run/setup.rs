@@ -28,7 +28,13 @@ pub fn load_dataset(spec: &str, cfg: &Config, heldout: bool) -> Result<Vec<Examp
         let tb = crate::testbed::generate(&cfg.testbed);
         return Ok(if heldout { tb.heldout } else { tb.train });
     }
-    crate::data::load(Path::new(spec))
+    let split = if heldout {
+        &cfg.data.eval_split
+    } else {
+        &cfg.data.train_split
+    };
+    let fields = crate::data::Fields::from_config(&cfg.data, split);
+    Ok(crate::data::load_with(Path::new(spec), &fields)?.examples)
 }
 
 /// The evaluation sets: (name, examples). The testbed adds one set per level.

@@ -1,0 +1,280 @@
+use super::*;
+
+fn write(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).expect("write");
+    (dir, p)
+}
+
+#[test]
+fn loads_jsonl_and_csv() {
+    let (_d, p) = write(
+        "a.jsonl",
+        "{\"problem\": \"1+1\", \"answer\": \"2\"}\n\n{\"id\": \"x\", \"problem\": \"2+2\", \"answer\": 4, \"level\": 2}\n",
+    );
+    let e = load(&p).expect("load");
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].id, "0");
+    assert_eq!(e[1].id, "x");
+    assert_eq!(e[1].answer, "4");
+    assert_eq!(e[1].level, Some(2));
+    let (_d, p) = write("a.csv", "id,problem,answer\na,\"1+1, twice\",2\nb,3+3,6\n");
+    let e = load(&p).expect("load");
+    assert_eq!(e[0].problem, "1+1, twice");
+    assert_eq!(e[1].id, "b");
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let (_d, p) = write(
+        "bom.jsonl",
+        "\u{feff}{\"problem\": \"1+1\", \"answer\": \"2\"}\n",
+    );
+    assert_eq!(load(&p).expect("BOM").len(), 1);
+    let (_d, p) = write("bom.csv", "\u{feff}problem,answer\n1+1,2\n");
+    assert_eq!(load(&p).expect("BOM").len(), 1);
+}
+
+#[test]
+fn bad_rows_name_file_line_and_field() {
+    let (_d, p) = write(
+        "bad.jsonl",
+        "{\"problem\": \"1+1\", \"answer\": \"2\"}\n{\"problem\": \"2+2\", \"answer\": \"  \"}\n",
+    );
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(e.contains("bad.jsonl:2") && e.contains("`answer`"), "{e}");
+    let (_d, p) = write(
+        "bad.jsonl",
+        "{\"problem\": \"1+1\", \"answer\": \"2\"}\n{oops\n",
+    );
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(
+        e.contains("bad.jsonl:2") && e.contains("invalid JSON"),
+        "{e}"
+    );
+    let (_d, p) = write(
+        "bytes.jsonl",
+        "{\"problem\": \"1+1\", \"answer\": \"2\"}\n{\"problem\": \"caf\u{e9}\", \"answer\": \"2\"}\n",
+    );
+    let mut raw = std::fs::read(&p).expect("read");
+    let at = raw.iter().rposition(|&b| b == 0xC3).expect("é");
+    raw[at] = 0xE9; // Latin-1 é
+    std::fs::write(&p, &raw).expect("write");
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(
+        e.contains("bytes.jsonl:2:17") && e.contains("invalid UTF-8"),
+        "{e}"
+    );
+    let (_d, p) = write("e.jsonl", "\n");
+    assert!(format!("{:#}", load(&p).unwrap_err()).contains("empty"));
+    let (_d, p) = write("x.csv", "question,answer\n1,2\n");
+    assert!(format!("{:#}", load(&p).unwrap_err()).contains("`problem`"));
+}
+
+#[test]
+fn repeated_problems_are_dropped_and_counted_a_reused_id_is_an_error() {
+    let (_d, p) = write(
+        "dup.jsonl",
+        "{\"problem\": \"1+1\", \"answer\": \"2\"}\n{\"problem\": \"2+2\", \"answer\": \"4\"}\n{\"problem\": \"1+1\", \"answer\": \"2\"}\n",
+    );
+    let l = load_with(&p, &Fields::default()).expect("repeats are not fatal");
+    assert_eq!(l.examples.len(), 2);
+    assert_eq!(l.duplicates, 1);
+    assert_eq!(l.examples[1].problem, "2+2");
+    let (_d, p) = write(
+        "ids.jsonl",
+        "{\"id\": \"a\", \"problem\": \"1+1\", \"answer\": \"2\"}\n{\"id\": \"a\", \"problem\": \"2+2\", \"answer\": \"4\"}\n",
+    );
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(
+        e.contains("ids.jsonl:2") && e.contains("id \"a\" is already used"),
+        "{e}"
+    );
+}
+
+/// The same three rows in every text format, MATH-style: `solution` with the answer boxed,
+/// `"Level 3"` levels, integer and string fields.
+const MATH_JSONL: &str = r#"{"problem": "What is $1+1$?", "level": "Level 1", "type": "Algebra", "solution": "We add: $1+1=\\boxed{2}$."}
+{"problem": "Simplify $\\frac{4}{8}$.", "level": "Level 3", "type": "Algebra", "solution": "Divide: $\\boxed{\\frac{1}{2}}$ (not \\boxed{3} earlier; the last box counts: \\boxed{\\frac{1}{2}})"}
+{"problem": "Find $x$.", "level": "Level ?", "type": "Algebra", "solution": "So $x = \\boxed{ 7 }$"}
+"#;
+
+fn math_fields() -> Fields {
+    Fields {
+        solution: "solution".into(),
+        ..Fields::default()
+    }
+}
+
+fn expect_math(l: &Loaded) {
+    let e = &l.examples;
+    assert_eq!(e.len(), 3);
+    assert_eq!(e[0].answer, "2");
+    assert_eq!(e[0].level, Some(1));
+    assert_eq!(e[1].problem, "Simplify $\\frac{4}{8}$.");
+    assert_eq!(e[1].answer, "\\frac{1}{2}");
+    assert_eq!(e[1].level, Some(3));
+    assert_eq!(e[2].answer, "7");
+    assert_eq!(e[2].level, None, "Level ? is no level");
+}
+
+#[test]
+fn math_style_rows_load_the_same_from_jsonl_a_json_array_and_csv() {
+    let (_d, p) = write("math.jsonl", MATH_JSONL);
+    let jsonl = load_with(&p, &math_fields()).expect("jsonl");
+    expect_math(&jsonl);
+    let rows: Vec<serde_json::Value> = MATH_JSONL
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    let (_d, p) = write(
+        "math.json",
+        &serde_json::to_string_pretty(&rows).expect("array"),
+    );
+    let array = load_with(&p, &math_fields()).expect("json array");
+    assert_eq!(array.examples, jsonl.examples);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["problem", "level", "type", "solution"])
+        .expect("csv");
+    for r in &rows {
+        w.write_record(
+            ["problem", "level", "type", "solution"].map(|k| r[k].as_str().unwrap_or("")),
+        )
+        .expect("csv");
+    }
+    let text = String::from_utf8(w.into_inner().expect("csv")).expect("utf8");
+    let (_d, p) = write("math.csv", &text);
+    let csv = load_with(&p, &math_fields()).expect("csv");
+    assert_eq!(csv.examples, jsonl.examples);
+    // Without the solution mapping there is no answer: an error naming the row and field.
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(
+        e.contains("math.csv:2") && e.contains("`answer` is missing"),
+        "{e}"
+    );
+    assert!(e.contains("3 such rows"), "{e}");
+}
+
+#[test]
+fn a_bad_element_of_a_json_array_is_named_by_line() {
+    let (_d, p) = write(
+        "arr.json",
+        "[\n  {\"problem\": \"1+1\", \"answer\": \"2\"},\n  {\"problem\": \"{[\", \"answer\": [1]}\n]\n",
+    );
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(
+        e.contains("arr.json:3") && e.contains("`answer` must be a string"),
+        "{e}"
+    );
+    let (_d, p) = write("arr.json", "[{\"problem\": \"1+1\",\n \"answer\": }]");
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(
+        e.contains("arr.json:2:") && e.contains("invalid JSON"),
+        "{e}"
+    );
+}
+
+#[test]
+fn field_mapping_and_the_last_box() {
+    let (_d, p) = write(
+        "q.jsonl",
+        "{\"question\": \"2*3\", \"final\": 6, \"uid\": 9, \"difficulty\": 4}\n",
+    );
+    let f = Fields {
+        problem: "question".into(),
+        answer: "final".into(),
+        id: "uid".into(),
+        level: "difficulty".into(),
+        ..Fields::default()
+    };
+    let l = load_with(&p, &f).expect("mapped");
+    assert_eq!(
+        l.examples[0],
+        Example {
+            id: "9".into(),
+            problem: "2*3".into(),
+            answer: "6".into(),
+            level: Some(4)
+        }
+    );
+    let e = format!("{:#}", load(&p).unwrap_err());
+    assert!(
+        e.contains("`problem` is missing") && e.contains("\"question\""),
+        "{e}"
+    );
+    assert_eq!(last_boxed("a \\boxed{x^{2}} b").as_deref(), Some("x^{2}"));
+    assert_eq!(
+        last_boxed("\\fbox{1} then \\boxed 5$").as_deref(),
+        Some("5")
+    );
+    assert_eq!(last_boxed("\\boxed{unclosed"), None);
+    assert_eq!(last_boxed("no box"), None);
+}
+
+#[test]
+fn a_dataset_folder_reads_the_splits_shards() {
+    let d = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(d.path().join("data")).expect("data/");
+    let rows = |a: usize, b: usize| -> String {
+        (a..b)
+            .map(|i| format!("{{\"problem\": \"{i}+1\", \"answer\": \"{}\"}}\n", i + 1))
+            .collect()
+    };
+    std::fs::write(d.path().join("data/train-00000-of-00002.jsonl"), rows(0, 3)).expect("w");
+    std::fs::write(d.path().join("data/train-00001-of-00002.jsonl"), rows(3, 5)).expect("w");
+    std::fs::write(
+        d.path().join("data/test-00000-of-00001.jsonl"),
+        rows(10, 12),
+    )
+    .expect("w");
+    std::fs::write(d.path().join("README.md"), "# card").expect("w");
+    let train = load_with(d.path(), &Fields::default()).expect("train");
+    assert_eq!(train.files.len(), 2);
+    let problems: Vec<&str> = train.examples.iter().map(|e| e.problem.as_str()).collect();
+    assert_eq!(problems, ["0+1", "1+1", "2+1", "3+1", "4+1"]);
+    let test = load_with(
+        d.path(),
+        &Fields {
+            split: "test".into(),
+            ..Fields::default()
+        },
+    )
+    .expect("test");
+    assert_eq!(test.examples.len(), 2);
+    let e = format!(
+        "{:#}",
+        load_with(
+            d.path(),
+            &Fields {
+                split: "validation".into(),
+                ..Fields::default()
+            }
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("no validation shards") && e.contains("train-00000-of-00002.jsonl"),
+        "{e}"
+    );
+}
+
+#[test]
+fn inspect_counts_what_load_refuses_or_drops() {
+    let (_d, p) = write(
+        "mixed.jsonl",
+        "{\"problem\": \"a\", \"answer\": \"1\", \"src\": \"x\"}\n{\"problem\": \"b\"}\n{\"problem\": \"a\", \"answer\": \"1\"}\n",
+    );
+    let i = inspect(&p, &Fields::default()).expect("inspect");
+    assert_eq!(i.rows, 3);
+    assert_eq!(i.examples.len(), 1);
+    assert_eq!(i.duplicates, 1);
+    assert_eq!(i.missing_answer.len(), 1);
+    assert!(
+        i.missing_answer[0].ends_with("mixed.jsonl:2"),
+        "{:?}",
+        i.missing_answer
+    );
+    assert_eq!(i.fields[0], ("problem".to_string(), 3));
+    assert!(i.fields.contains(&("src".to_string(), 1)));
+}
