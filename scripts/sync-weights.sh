@@ -7,8 +7,14 @@
 # DIR must be readable by the server (same filesystem). Set CURES_API_KEY_ENV to the name of a
 # variable holding the server's API key, if it has one.
 set -euo pipefail
+usage="usage: $0 URL CHECKPOINT_DIR full|lora|sglang [VERSION]"
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  echo "$usage"
+  sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 if [[ $# -lt 3 ]]; then
-  echo "usage: $0 URL CHECKPOINT_DIR full|lora|sglang [VERSION]" >&2
+  echo "$usage" >&2
   exit 2
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

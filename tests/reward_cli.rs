@@ -121,3 +121,47 @@ fn check_prints_verdict_and_forms() {
     assert_eq!(v["verdict"]["reward"], -1.0);
     assert_eq!(v["verdict"]["equivalent"], false);
 }
+
+#[test]
+fn negative_values_are_accepted_as_they_are_written() {
+    let out = cures()
+        .args(["reward", "check", "--json", "--pred", "-5", "--gold", "-5"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["verdict"]["equivalent"], true);
+    let out = cures()
+        .args([
+            "reward",
+            "check",
+            "--json",
+            "--pred",
+            "\\boxed{5}",
+            "--gold",
+            "-5",
+        ])
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["verdict"]["equivalent"], false, "5 is not -5");
+}
+
+#[test]
+fn sync_weights_script_help_exits_zero() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sync-weights.sh");
+    for flag in ["--help", "-h"] {
+        let out = Command::new("bash")
+            .args([script, flag])
+            .output()
+            .expect("bash");
+        assert!(out.status.success(), "{flag}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("usage:"));
+    }
+    let out = Command::new("bash").arg(script).output().expect("bash");
+    assert_eq!(out.status.code(), Some(2), "no arguments is a usage error");
+}

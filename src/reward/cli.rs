@@ -257,11 +257,11 @@ pub struct ScoreArgs {
 /// `cures reward check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// The model output.
-    #[arg(long)]
+    /// The model output (may start with `-`: `--pred -5`).
+    #[arg(long, allow_hyphen_values = true)]
     pub pred: String,
-    /// The gold answer.
-    #[arg(long)]
+    /// The gold answer (may start with `-`: `--gold -5`).
+    #[arg(long, allow_hyphen_values = true)]
     pub gold: String,
     /// Reward values and fallbacks.
     #[command(flatten)]
