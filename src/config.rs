@@ -586,6 +586,12 @@ impl Config {
                 return Err(invalid(k, format!("{v:?} is not one of f32, bf16, f16")));
             }
         }
+        if let Ok(kind) = crate::policy::parse_kind(&self.model.dtype) {
+            self.train
+                .precision
+                .resolve(kind)
+                .map_err(|r| invalid("train.precision", r))?;
+        }
         if !["auto", "cpu", "cuda"].contains(&self.model.device.as_str()) {
             return Err(invalid(
                 "model.device",

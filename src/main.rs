@@ -38,6 +38,9 @@ enum Command {
     /// Performance figures, each side by side with its reference.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// How much of a model moved between two HF checkpoints: share of weight elements that
+    /// differ, overall and per tensor class.
+    Diff(cures::policy::diff::DiffArgs),
     /// Sample completions from an HF model directory (tch policy).
     Generate(cures::policy::cli::GenerateArgs),
     /// The reward: verify answers against golds.
@@ -221,6 +224,8 @@ enum BenchCommand {
     /// Publish time of full weights and of a LoRA adapter (to a vLLM server, or the write part
     /// alone) vs dd of the same bytes.
     Publish(cures::bench::publish::PublishBenchArgs),
+    /// One optimiser step (clip + AdamW) in each train.precision vs PyTorch's fused AdamW.
+    Optim(cures::bench::optim::OptimBenchArgs),
     /// Answer verification throughput and agreement vs Math-Verify.
     Reward(cures::bench::reward::RewardBenchArgs),
     /// Random strings through the verifier: panics (must be 0) and the slowest case.
@@ -323,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Simulate(args) => simulate(args, &cli.set)?,
         Command::Generate(args) => cures::policy::cli::generate(&args)?,
+        Command::Diff(args) => cures::policy::diff::run(&args)?,
         Command::Bench(BenchCommand::TrainStep {
             batch,
             seq,
@@ -535,6 +541,13 @@ fn run(cli: Cli) -> Result<()> {
                 r.completions, r.tokens, r.tokens_per_s, r.client_cpu_s, r.wall_s,
                 100.0 * r.overhead_frac, r.client_cpu_ms_per_completion
             );
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench(BenchCommand::Optim(a)) => {
+            let r = cures::bench::optim::run(&a).context("bench optim")?;
+            cures::bench::optim::print(&r);
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             }

@@ -126,7 +126,10 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
         weight_decay: 0.01,
         ..Default::default()
     };
-    let mut opt = AdamW::new(policy.trainable_var_store());
+    let precision = crate::train::Precision::Auto
+        .resolve(policy.kind())
+        .map_err(|e| anyhow::anyhow!("sft: {e}"))?;
+    let mut opt = AdamW::new(policy.trainable_var_store(), precision)?;
     let bar = crate::metrics::progress_bar(s.steps as u64, "sft", !quiet);
     let mut ema = f64::NAN;
     for step in 0..s.steps {
@@ -138,13 +141,14 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
             .collect::<Result<_>>()?;
         examples += seqs.len();
         let batch: Vec<&(Vec<i64>, Vec<i64>)> = seqs.iter().collect();
-        opt.zero_grad();
+        opt.zero_grad()?;
         let lps = policy.logprobs_batch(&batch)?;
         let logp = Tensor::cat(&lps.iter().map(|l| &l.logprobs).collect::<Vec<_>>(), 0);
         let loss = -logp.mean(Kind::Float);
-        loss.backward();
-        opt.clip_grad_norm(1.0);
-        opt.step(&TrainConfig { lr, ..tcfg.clone() });
+        loss.f_backward().context("sft backward")?;
+        opt.accumulate()?;
+        opt.clip_grad_norm(1.0)?;
+        opt.step(&TrainConfig { lr, ..tcfg.clone() }.adamw())?;
         let l = loss.double_value(&[]);
         ema = if ema.is_nan() {
             l
@@ -155,7 +159,8 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
         bar.set_message(format!("loss {ema:.4}"));
     }
     bar.finish_and_clear();
-    policy.save_hf(&out, Kind::Float, 1 << 30)?;
+    // From the fp32 masters when it trained in bf16_mixed.
+    policy.save_hf_with(&out, Kind::Float, 1 << 30, &opt.masters())?;
 
     // Greedy held-out accuracy per level.
     let mut eval_cfg = cfg.clone();

@@ -230,15 +230,34 @@ fn short_run_writes_consistent_csvs() {
 
 #[test]
 fn resume_is_exact() {
+    check_resume_is_exact(&[]);
+}
+
+/// In bf16 with fp32 master weights: the masters and moments (optimizer.safetensors) and the
+/// bf16 weights resume bitwise.
+#[test]
+fn resume_is_exact_in_bf16_mixed() {
+    check_resume_is_exact(&["model.dtype=bf16", "train.precision=bf16_mixed"]);
+}
+
+fn check_resume_is_exact(sets: &[&str]) {
     let model = policy_dir().to_str().expect("utf8");
     let tmp = tempfile::tempdir().expect("tempdir");
     let straight = tmp.path().join("straight");
     let split = tmp.path().join("split");
-    run_with(small_run_args(model, straight.to_str().expect("utf8"), "4"));
-    run_with(small_run_args(model, split.to_str().expect("utf8"), "2"));
-    let mut args = small_run_args(model, split.to_str().expect("utf8"), "4");
-    args.push("--resume".into());
-    run_with(args);
+    let args = |out: &Path, steps: &str| {
+        let mut a = small_run_args(model, out.to_str().expect("utf8"), steps);
+        for s in sets {
+            a.push("--set".into());
+            a.push(s.to_string());
+        }
+        a
+    };
+    run_with(args(&straight, "4"));
+    run_with(args(&split, "2"));
+    let mut resumed = args(&split, "4");
+    resumed.push("--resume".into());
+    run_with(resumed);
 
     let ck = |d: &Path| d.join("checkpoints/step_0000004");
     // Posterior, RNG state and counters.
@@ -260,6 +279,11 @@ fn resume_is_exact() {
         let b = std::fs::read(ck(&split).join(f)).expect("read");
         assert!(a == b, "{f} differs between straight and resumed runs");
     }
+    let opt = tch::Tensor::read_safetensors(ck(&straight).join("optimizer.safetensors"))
+        .expect("optimizer state");
+    let masters = opt.iter().filter(|(k, _)| k.ends_with(".master")).count();
+    let mixed = sets.contains(&"train.precision=bf16_mixed");
+    assert_eq!(masters > 0, mixed, "fp32 masters saved: {masters}");
     // Same steps.csv apart from timings.
     let (head, a) = read_csv(&straight.join("steps.csv"));
     let (_, b) = read_csv(&split.join("steps.csv"));

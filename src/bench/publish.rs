@@ -164,7 +164,13 @@ fn measure(
                 bytes = tm.bytes;
             }
             None => {
-                let d = write_version(&dirs, policy, payload, kind, version)?;
+                let d = write_version(
+                    &dirs,
+                    crate::sync::Weights::of(policy),
+                    payload,
+                    kind,
+                    version,
+                )?;
                 write.push(t.elapsed().as_secs_f64());
                 bytes = dir_bytes(&d);
                 dirs.prune()?;

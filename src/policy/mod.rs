@@ -38,8 +38,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod generate;
 pub mod gguf;
+mod logits;
 mod lora;
 pub mod model;
 pub mod tokenizer;
@@ -58,6 +60,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use config::{Arch, ModelConfig};
 pub use generate::{FinishReason, Generation, SamplingParams};
+pub use logits::{TokenChunk, TrainPass, DEFAULT_CHUNK_TOKENS};
 pub use lora::LoraConfig;
 pub use model::{causal_mask, positions_from_mask, KvCache, Transformer, WeightInit};
 pub use tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
@@ -372,65 +375,6 @@ impl Policy {
             .collect()
     }
 
-    /// One right-padded batch: log-probs and entropies for every sequence in it.
-    pub fn logprobs_batch(&self, batch: &[&(Vec<i64>, Vec<i64>)]) -> Result<Vec<SeqLogprobs>> {
-        let b = batch.len();
-        let l = batch
-            .iter()
-            .map(|(p, c)| p.len() + c.len())
-            .max()
-            .unwrap_or(0);
-        let pad = self.tok.pad_id().unwrap_or(0);
-        let mut ids = vec![pad; b * l];
-        let mut mask = vec![0i64; b * l];
-        let mut gather_pos = Vec::new();
-        let mut targets = Vec::new();
-        for (r, (p, c)) in batch.iter().enumerate() {
-            for (j, &t) in p.iter().chain(c.iter()).enumerate() {
-                if t < 0 || t >= self.cfg.vocab_size {
-                    bail!(
-                        "logprobs: token id {t} outside the vocabulary (size {})",
-                        self.cfg.vocab_size
-                    );
-                }
-                ids[r * l + j] = t;
-                mask[r * l + j] = 1;
-            }
-            for (k, &t) in c.iter().enumerate() {
-                gather_pos.push((r * l + p.len() + k - 1) as i64);
-                targets.push(t);
-            }
-        }
-        let ids = Tensor::from_slice(&ids)
-            .view([b as i64, l as i64])
-            .to_device(self.device);
-        let mask = Tensor::from_slice(&mask)
-            .view([b as i64, l as i64])
-            .to_device(self.device);
-        let hidden = self.forward_hidden(&ids, &mask);
-        let h = hidden.reshape([(b * l) as i64, self.cfg.hidden_size]);
-        let idx = Tensor::from_slice(&gather_pos).to_device(self.device);
-        let tg = Tensor::from_slice(&targets).to_device(self.device);
-        let logits = self
-            .model
-            .logits(&h.index_select(0, &idx))
-            .to_kind(Kind::Float);
-        let logp = logits.log_softmax(-1, Kind::Float);
-        let tok_lp = logp.gather(1, &tg.unsqueeze(1), false).squeeze_dim(1);
-        let ent = -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float);
-        let mut out = Vec::with_capacity(b);
-        let mut off = 0i64;
-        for (_, c) in batch {
-            let n = c.len() as i64;
-            out.push(SeqLogprobs {
-                logprobs: tok_lp.narrow(0, off, n),
-                entropy: ent.narrow(0, off, n),
-            });
-            off += n;
-        }
-        Ok(out)
-    }
-
     /// Generate completions (see [`generate`]).
     pub fn generate(
         &self,
@@ -461,9 +405,32 @@ impl Policy {
     /// `config.json`, tokenizer and generation files. Written to a temporary sibling directory
     /// and renamed, so readers never see a partial checkpoint.
     pub fn save_hf(&self, dir: &Path, kind: Kind, max_shard_bytes: usize) -> Result<()> {
+        self.save_hf_with(
+            dir,
+            kind,
+            max_shard_bytes,
+            &std::collections::BTreeMap::new(),
+        )
+    }
+
+    /// [`Policy::save_hf`], taking the tensors named in `overrides` from there instead of the
+    /// model (the optimiser's fp32 master weights, so an f32 export holds them rather than
+    /// the bf16 compute weights).
+    pub fn save_hf_with(
+        &self,
+        dir: &Path,
+        kind: Kind,
+        max_shard_bytes: usize,
+        overrides: &std::collections::BTreeMap<String, Tensor>,
+    ) -> Result<()> {
         let tmp = weights::tmp_dir_for(dir)?;
         let res = (|| -> Result<()> {
-            let tensors = tch::no_grad(|| self.model.named_tensors(true));
+            let mut tensors = tch::no_grad(|| self.model.named_tensors(true));
+            for (name, t) in &mut tensors {
+                if let Some(m) = overrides.get(name.as_str()) {
+                    *t = m.detach();
+                }
+            }
             weights::write_sharded(&tmp, tensors, kind, max_shard_bytes)?;
             let cfg = tmp.join("config.json");
             std::fs::write(&cfg, self.cfg.to_json(weights::torch_dtype_name(kind))?)

@@ -325,6 +325,25 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+impl Block {
+    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut LayerCache, i64)>,
+    ) -> Tensor {
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let x = x + h; // not `+=`: autograd needs the old x
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        x + h
+    }
+}
+
 /// The whole model.
 #[derive(Debug)]
 pub struct Transformer {
@@ -431,20 +450,85 @@ impl Transformer {
         let past = cache.as_ref().map_or(0, |c| c.len);
         for (i, layer) in self.layers.iter().enumerate() {
             let lc = cache.as_deref_mut().map(|c| (&mut c.layers[i], past));
-            let h =
-                layer
-                    .self_attn
-                    .forward(&layer.input_layernorm.forward(&x), &cos, &sin, mask, lc);
-            x = &x + &h; // not `+=`: autograd needs the old x
-            let h = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x));
-            x = &x + &h; // not `+=`: autograd needs the old x
+            x = layer.forward(&x, &cos, &sin, mask, lc);
         }
         if let Some(c) = cache {
             c.len = past + t;
         }
         self.norm.forward(&x)
+    }
+
+    /// A training pass through the decoder (no cache). `head` receives the final hidden states
+    /// `[B, T, H]` as a leaf that requires grad; it must `backward` whatever loss it computes
+    /// from them (in as many pieces as it likes: the gradient accumulates in the leaf) and
+    /// returns its result. The gradient is then carried into the parameters: through the graph
+    /// kept by the forward, or with `checkpoint`, block by block, recomputing each block's
+    /// activations from its saved input (only one block's activations live at a time, plus
+    /// one `[B, T, H]` input per block).
+    pub fn train_pass<R>(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        checkpoint: bool,
+        head: impl FnOnce(&Tensor) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        use anyhow::Context;
+        let backward_into = |out: &Tensor, grad: &Tensor| -> anyhow::Result<()> {
+            // d/d(out) of Σ out·grad is grad: a backward that seeds `out` with `grad`.
+            (out * grad)
+                .sum(Kind::Float)
+                .f_backward()
+                .context("backward pass")
+        };
+        if !checkpoint {
+            let h = self.forward_hidden(input_ids, positions, mask, None);
+            let leaf = h.detach().set_requires_grad(true);
+            let r = head(&leaf)?;
+            let g = leaf.grad();
+            if g.defined() {
+                backward_into(&h, &g)?;
+            }
+            return Ok(r);
+        }
+        let (cos, sin) = self.rope(positions);
+        // Forward without a graph, keeping every block's input.
+        let mut inputs = Vec::with_capacity(self.layers.len() + 1);
+        tch::no_grad(|| {
+            let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+            for layer in &self.layers {
+                let y = layer.forward(&x, &cos, &sin, mask, None);
+                inputs.push(x);
+                x = y;
+            }
+            inputs.push(x);
+        });
+        // Final norm, then the head.
+        let Some(last) = inputs.pop() else {
+            anyhow::bail!("train_pass: model without layers");
+        };
+        let x_last = last.set_requires_grad(true);
+        let h = self.norm.forward(&x_last);
+        let leaf = h.detach().set_requires_grad(true);
+        let r = head(&leaf)?;
+        let g = leaf.grad();
+        if !g.defined() {
+            return Ok(r);
+        }
+        backward_into(&h, &g)?;
+        let mut g = x_last.grad();
+        // Blocks in reverse, recomputed from their inputs.
+        for (layer, x) in self.layers.iter().zip(inputs).rev() {
+            let x = x.set_requires_grad(true);
+            let y = layer.forward(&x, &cos, &sin, mask, None);
+            backward_into(&y, &g)?;
+            g = x.grad();
+        }
+        let x0 = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        if x0.requires_grad() {
+            backward_into(&x0, &g)?;
+        }
+        Ok(r)
     }
 
     /// Logits for hidden states `[..., H]` → `[..., V]`.

@@ -329,13 +329,14 @@ impl Models {
             .with_context(|| format!("model.path = {}", model_dir.display()))?;
         let reference = if cfg.train.kl_coef > 0.0 {
             let dir = saved.map_or(model_dir.clone(), |s| s.dir.join("reference"));
-            let r = Policy::load(&dir, device, kind)
+            let ref_device = cfg.train.reference_device(device)?;
+            let r = Policy::load(&dir, ref_device, kind)
                 .with_context(|| format!("reference model {}", dir.display()))?;
             Some(r)
         } else {
             None
         };
-        let mut trainer = Trainer::new(cfg.train.clone(), &policy);
+        let mut trainer = Trainer::new(cfg.train.clone(), &policy)?;
         if let Some(s) = saved {
             trainer
                 .optimizer_mut()
@@ -346,6 +347,41 @@ impl Models {
             reference,
             trainer,
         })
+    }
+
+    /// The start-up line that says how the update runs and what its optimiser state costs.
+    fn precision_line(&self) -> String {
+        let opt = self.trainer.optimizer();
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let params: u64 = self
+            .policy
+            .trainable_var_store()
+            .variables()
+            .values()
+            .filter(|t| t.requires_grad())
+            .map(|t| t.numel() as u64)
+            .sum();
+        let what = match opt.precision() {
+            crate::train::Precision::Bf16Mixed if opt.has_masters() => format!(
+                "fp32 master weights, AdamW moments and gradient accumulator ({} B of master                  copy; {:.3} GiB of optimiser state in all) beside the {:?} compute weights",
+                params * 4,
+                gib(opt.state_bytes()),
+                self.policy.kind()
+            ),
+            crate::train::Precision::Pure => format!(
+                "weights, moments and updates in {:?} (no master copy; {:.3} GiB of optimiser                  state)",
+                self.policy.kind(),
+                gib(opt.state_bytes())
+            ),
+            _ => format!(
+                "fp32 weights and AdamW moments ({:.3} GiB of optimiser state)",
+                gib(opt.state_bytes())
+            ),
+        };
+        format!(
+            "training: train.precision = {} over {params} trainable parameters: {what}",
+            opt.precision().name()
+        )
     }
 
     /// Bytes a checkpoint of these models takes at `kind` (policy, reference, two moments).
@@ -359,7 +395,15 @@ impl Models {
             .sum();
         let width = kind.elt_size_in_bytes() as u64;
         let copies = 1 + u64::from(self.reference.is_some());
-        params * width * copies + params * 2 * self.policy.kind().elt_size_in_bytes() as u64
+        let opt = self.trainer.optimizer();
+        // Moments are fp32 unless `pure`; masters are fp32.
+        let moment_width = if opt.precision() == crate::train::Precision::Pure {
+            self.policy.kind().elt_size_in_bytes() as u64
+        } else {
+            4
+        };
+        let masters = if opt.has_masters() { params * 4 } else { 0 };
+        params * width * copies + params * 2 * moment_width + masters
     }
 
     /// Write checkpoint `step_<N>` (see [`crate::rundir::write_checkpoint`]).
@@ -386,7 +430,10 @@ impl Models {
         let keep = cfg.run.keep_checkpoints;
         crate::rundir::write_checkpoint(&rd.ckpt_root(), &name, keep, need, |tmp: &Path| {
             // Exact resume needs the trainer's dtype: save_dtype defaults to it.
-            self.policy.save_hf(&tmp.join("policy"), kind, 2 << 30)?;
+            // The fp32 masters (bf16_mixed) are the weights; the bf16 copy is derived.
+            let masters = self.trainer.optimizer().masters();
+            self.policy
+                .save_hf_with(&tmp.join("policy"), kind, 2 << 30, &masters)?;
             if let Some(r) = &self.reference {
                 r.save_hf(&tmp.join("reference"), kind, 2 << 30)?;
             }
@@ -442,7 +489,12 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let mut sync = make_sync(&cfg, &dir)?;
     if sync.transfers() {
         // The server must sample from exactly the trainer's weights (fresh start or resume).
-        sync.publish(&m.policy, counters.weight_version)
+        let masters = m.trainer.optimizer().masters();
+        let w = crate::sync::Weights {
+            policy: &m.policy,
+            masters: Some(&masters),
+        };
+        sync.publish_weights(w, counters.weight_version)
             .with_context(|| format!("initial weight sync ({})", sync.name()))?;
     }
     record_config(&rd, &cfg, counters.step, &changes)?;
@@ -452,6 +504,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let total = total_steps(&cfg);
     let bar = crate::metrics::progress_bar(total, "run", !opts.quiet);
     bar.set_position(counters.step);
+    say(&bar, opts.quiet, m.precision_line());
     let eval_on = cfg.run.eval_every > 0 && !evals.is_empty();
     if eval_on && counters.step == 0 && logs.eval_rows.is_empty() {
         if let Some(a) = logs.evaluate(&m.policy, &cfg, &evals, 0, 0)? {
@@ -578,7 +631,13 @@ fn train_step(
 
     let t = Instant::now();
     counters.weight_version += 1;
-    sync.publish(policy, counters.weight_version)
+    // From the fp32 masters when the optimiser keeps them.
+    let masters = trainer.optimizer().masters();
+    let w = crate::sync::Weights {
+        policy,
+        masters: Some(&masters),
+    };
+    sync.publish_weights(w, counters.weight_version)
         .with_context(|| format!("weight sync ({})", sync.name()))?;
     engine.set_weight_version(counters.weight_version);
     row.sec_sync = t.elapsed().as_secs_f64();

@@ -84,7 +84,9 @@ pub struct ResumeRecord {
 }
 
 /// Keys a resume may change: they decide how long the run goes on, what it logs and evaluates,
-/// or how it reaches its servers, never what an update does. Everything else is refused.
+/// how it reaches its servers, or how its work is cut to fit in memory (the same maths in other
+/// pieces: only floating-point rounding differs, which is what a run that ran out of memory
+/// needs to change), never what an update does. Everything else is refused.
 const SAFE_KEYS: &[&str] = &[
     "name",
     "model.device",
@@ -113,6 +115,12 @@ const SAFE_KEYS: &[&str] = &[
     "rollout.max_consecutive_failures",
     "rollout.sync_dir",
     "rollout.sync_keep",
+    "rollout.max_batch",
+    "rollout.max_batch_tokens",
+    "train.micro_batch_tokens",
+    "train.logits_chunk_tokens",
+    "train.activation_checkpointing",
+    "train.ref_device",
 ];
 
 /// Sections `cures run` never reads.

@@ -9,12 +9,13 @@ pub mod server;
 pub mod sglang;
 pub mod vllm;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use crate::policy::Policy;
 use crate::rollout::{EngineKind, RolloutConfig, SyncKind};
@@ -75,19 +76,43 @@ pub enum Payload {
     Lora,
 }
 
-/// Write `policy`'s `payload` as `kind` into the fresh directory of `version` under `dirs`
+/// What a publish writes: the policy's tensors, with the optimiser's fp32 master weights in
+/// place of the compute weights when it keeps them (`train.precision = "bf16_mixed"`), so a
+/// server gets `rollout.sync_dtype` cast from the masters, not a bf16 copy cast up.
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    /// The policy (architecture, tokenizer, frozen tensors, LoRA adapters).
+    pub policy: &'a Policy,
+    /// Tensors by name that replace the policy's in a full export.
+    pub masters: Option<&'a BTreeMap<String, Tensor>>,
+}
+
+impl<'a> Weights<'a> {
+    /// The policy's own tensors.
+    pub fn of(policy: &'a Policy) -> Self {
+        Self {
+            policy,
+            masters: None,
+        }
+    }
+}
+
+/// Write `w`'s `payload` as `kind` into the fresh directory of `version` under `dirs`
 /// (atomic: written beside it, fsync'd, renamed). The write part of every server-side publish.
 pub fn write_version(
     dirs: &http::SyncDirs,
-    policy: &Policy,
+    w: Weights<'_>,
     payload: Payload,
     kind: Kind,
     version: u64,
 ) -> Result<PathBuf> {
     let dir = dirs.fresh(version)?;
     match payload {
-        Payload::Full => policy.save_hf(&dir, kind, 5 << 30)?,
-        Payload::Lora => policy.save_lora(&dir, kind)?,
+        Payload::Full => match w.masters {
+            Some(m) => w.policy.save_hf_with(&dir, kind, 5 << 30, m)?,
+            None => w.policy.save_hf(&dir, kind, 5 << 30)?,
+        },
+        Payload::Lora => w.policy.save_lora(&dir, kind)?,
     }
     Ok(dir)
 }
@@ -100,14 +125,15 @@ fn publish_version(
     admin: &http::Admin,
     dirs: &http::SyncDirs,
     opts: &SyncOptions,
-    policy: &Policy,
+    w: Weights<'_>,
     payload: Payload,
     version: u64,
     adapter: Option<&str>,
     call: impl FnOnce(&Path) -> Result<f64>,
 ) -> Result<SyncTiming> {
     let t = std::time::Instant::now();
-    let dir = write_version(dirs, policy, payload, opts.kind, version)?;
+    let policy = w.policy;
+    let dir = write_version(dirs, w, payload, opts.kind, version)?;
     let write_s = t.elapsed().as_secs_f64();
     let call_s = call(&dir)?;
     let t = std::time::Instant::now();
@@ -136,7 +162,7 @@ fn publish_version(
 pub struct NoSync;
 
 impl WeightSync for NoSync {
-    fn publish(&mut self, _policy: &Policy, _version: u64) -> Result<()> {
+    fn publish_weights(&mut self, _w: Weights<'_>, _version: u64) -> Result<()> {
         Ok(())
     }
 
@@ -151,8 +177,12 @@ impl WeightSync for NoSync {
 
 /// Hands new weights to whatever generates rollouts.
 pub trait WeightSync {
+    /// Make the weights `w` live as version `version`, and verify they are.
+    fn publish_weights(&mut self, w: Weights<'_>, version: u64) -> Result<()>;
     /// Make `policy`'s current weights live as version `version`, and verify they are.
-    fn publish(&mut self, policy: &Policy, version: u64) -> Result<()>;
+    fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
+        self.publish_weights(Weights::of(policy), version)
+    }
     /// A short name for logs.
     fn name(&self) -> &'static str;
     /// Where the last publish's seconds went (server-side syncs).
@@ -171,7 +201,7 @@ pub trait WeightSync {
 pub struct EmbeddedSync;
 
 impl WeightSync for EmbeddedSync {
-    fn publish(&mut self, _policy: &Policy, _version: u64) -> Result<()> {
+    fn publish_weights(&mut self, _w: Weights<'_>, _version: u64) -> Result<()> {
         Ok(())
     }
 

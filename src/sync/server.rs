@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tch::Kind;
 
 use super::http::{check_checkpoint_dir, Admin, SyncDirs};
-use super::{publish_version, Payload, SyncTiming, WeightSync};
+use super::{publish_version, Payload, SyncTiming, WeightSync, Weights};
 use crate::policy::Policy;
 use crate::rollout::EndpointConfig;
 
@@ -91,13 +91,13 @@ impl<B: ServerBackend> ServerSync<B> {
 }
 
 impl<B: ServerBackend> WeightSync for ServerSync<B> {
-    fn publish(&mut self, policy: &Policy, version: u64) -> Result<()> {
-        self.backend.check_policy(policy)?;
+    fn publish_weights(&mut self, w: Weights<'_>, version: u64) -> Result<()> {
+        self.backend.check_policy(w.policy)?;
         let timing = publish_version(
             &self.admin,
             &self.dirs,
             &self.opts,
-            policy,
+            w,
             B::PAYLOAD,
             version,
             self.backend.adapter(),

@@ -46,16 +46,32 @@ pub struct LossInputs<'a> {
 }
 
 /// The micro-batch's summed loss and statistics. The caller divides by the mini-batch's token
-/// count (token-mean over the mini-batch), which makes gradient accumulation exact.
+/// count (token-mean over the mini-batch), which makes gradient accumulation exact. The
+/// statistics stay on the device (detached, f64) so a step syncs with the host once.
 pub struct LossOutput {
     /// Σ over tokens of (policy loss + kl_coef·kl − entropy_coef·H): backward this / tokens.
     pub sum: Tensor,
-    /// Σ of the PPO term alone (detached).
-    pub pg_sum: f64,
-    /// Σ of the k3 KL (detached).
-    pub kl_sum: f64,
+    /// Σ of the PPO term alone.
+    pub pg_sum: Tensor,
+    /// Σ of the k3 KL (0 without a reference).
+    pub kl_sum: Tensor,
     /// Tokens whose ratio was clipped.
-    pub clipped: f64,
+    pub clipped: Tensor,
+}
+
+impl LossOutput {
+    /// [`LossOutput::pg_sum`] on the host.
+    pub fn pg(&self) -> f64 {
+        self.pg_sum.double_value(&[])
+    }
+    /// [`LossOutput::kl_sum`] on the host.
+    pub fn kl(&self) -> f64 {
+        self.kl_sum.double_value(&[])
+    }
+    /// [`LossOutput::clipped`] on the host.
+    pub fn clipped_tokens(&self) -> f64 {
+        self.clipped.double_value(&[])
+    }
 }
 
 /// k3 estimator of KL(π_θ ‖ π_ref) per token, clamped to [−10, 10].
@@ -81,16 +97,16 @@ pub fn ppo_loss(x: &LossInputs<'_>, cfg: &LossConfig) -> LossOutput {
         .where_self(&adv.lt(0.0), &clipped_pg);
     let pg_masked = &pg * &mask;
     let clipped = (pg2.gt_tensor(&pg1).to_kind(Kind::Float) * &mask)
-        .sum(Kind::Double)
-        .double_value(&[]);
+        .detach()
+        .sum(Kind::Double);
     let pg_sum_t = pg_masked.sum(Kind::Float);
-    let pg_sum = pg_sum_t.double_value(&[]);
+    let pg_sum = pg_sum_t.detach().to_kind(Kind::Double);
     let mut total = pg_sum_t;
-    let mut kl_sum = 0.0;
+    let mut kl_sum = Tensor::zeros([], (Kind::Double, x.logp.device()));
     if let Some(r) = x.ref_logp {
         let kl = k3_kl(x.logp, r) * &mask;
         let kl_t = kl.sum(Kind::Float);
-        kl_sum = kl_t.double_value(&[]);
+        kl_sum = kl_t.detach().to_kind(Kind::Double);
         if cfg.kl_coef != 0.0 {
             total += kl_t * cfg.kl_coef;
         }
@@ -135,7 +151,7 @@ mod tests {
             &cfg,
         );
         let want = -1.2 - (-0.5f64).exp();
-        assert!((out.pg_sum - want).abs() < 1e-5, "{} vs {want}", out.pg_sum);
+        assert!((out.pg() - want).abs() < 1e-5, "{} vs {want}", out.pg());
         // negative advantage, huge ratio: dual clip caps the loss at −A·c = 3
         let logp = t(&[3.0, 0.0, 0.0]);
         let adv = t(&[-1.0, -1.0, -1.0]);
@@ -151,7 +167,7 @@ mod tests {
             },
             &cfg,
         );
-        assert!((out.pg_sum - 3.0).abs() < 1e-5, "{}", out.pg_sum);
+        assert!((out.pg() - 3.0).abs() < 1e-5, "{}", out.pg());
     }
 
     #[test]
@@ -191,6 +207,6 @@ mod tests {
         let g = Vec::<f32>::try_from(logp.grad().reshape([-1])).expect("grad");
         assert_eq!(g[0], 0.0, "clipped token has no gradient");
         assert!((f64::from(g[1]) + 0.1f64.exp()).abs() < 1e-5);
-        assert_eq!(out.clipped, 1.0);
+        assert_eq!(out.clipped_tokens(), 1.0);
     }
 }

@@ -2,10 +2,10 @@
 
 pub mod advantage;
 pub mod loss;
+pub mod optim;
 pub mod trainer;
 
 pub use advantage::{advantages, AdvantageKind, GroupRewards};
 pub use loss::{ppo_loss, LossConfig};
-pub use trainer::{
-    gradient_class_stats, AdamW, GradRollout, Sample, TrainConfig, Trainer, UpdateStats,
-};
+pub use optim::{AdamW, AdamWParams, Precision};
+pub use trainer::{gradient_class_stats, GradRollout, Sample, TrainConfig, Trainer, UpdateStats};

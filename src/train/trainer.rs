@@ -4,16 +4,16 @@
 //! with exact gradient accumulation (token-mean over the mini-batch), grad-norm clipping, AdamW.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::advantage::AdvantageKind;
 use super::loss::{ppo_loss, LossConfig, LossInputs};
+use super::optim::{dtype_epsilon, pure_precision_loss, AdamW, AdamWParams, Precision};
 use crate::curriculum::ClassStats;
-use crate::policy::Policy;
+use crate::policy::{Policy, TrainPass};
 
 /// `[train]`: optimiser and loss settings. Defaults follow the paper (§5) except the learning
 /// rate, which the testbed configs raise (1e-6 is for 1.5B+ models).
@@ -49,6 +49,19 @@ pub struct TrainConfig {
     pub entropy_coef: f64,
     /// Parameters whose per-rollout gradients feed the `gradient` σ estimator (name prefixes).
     pub grad_stat_params: Vec<String>,
+    /// `auto` (bf16_mixed for bf16/f16 weights, else fp32) | `bf16_mixed` (fp32 master weights,
+    /// moments and gradient accumulation, bf16 compute) | `fp32` | `pure` (moments and updates
+    /// in the weights' dtype: loses updates below its resolution).
+    pub precision: Precision,
+    /// Recompute each decoder block's activations in the backward pass instead of keeping them
+    /// (about one more forward of compute for a fraction of the activation memory).
+    pub activation_checkpointing: bool,
+    /// Completion tokens per LM-head chunk: the log-softmax never holds more than this many
+    /// rows of `[vocab]` fp32 logits.
+    pub logits_chunk_tokens: usize,
+    /// Where the KL reference model lives: `same` (the trainer's device) | `cpu` | `cuda:N`.
+    /// Not loaded at all when `kl_coef = 0`.
+    pub ref_device: String,
 }
 
 impl Default for TrainConfig {
@@ -68,6 +81,10 @@ impl Default for TrainConfig {
             kl_coef: 0.001,
             entropy_coef: 0.0,
             grad_stat_params: vec!["model.embed_tokens.weight".to_string()],
+            precision: Precision::Auto,
+            activation_checkpointing: false,
+            logits_chunk_tokens: crate::policy::DEFAULT_CHUNK_TOKENS,
+            ref_device: "same".to_string(),
         }
     }
 }
@@ -81,6 +98,27 @@ impl TrainConfig {
             kl_coef: self.kl_coef,
             entropy_coef: self.entropy_coef,
         }
+    }
+
+    /// The optimiser part.
+    pub fn adamw(&self) -> AdamWParams {
+        AdamWParams {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    /// The reference model's device, given the trainer's.
+    pub fn reference_device(&self, trainer: Device) -> Result<Device, crate::config::ConfigError> {
+        parse_device(&self.ref_device, trainer).map_err(|reason| {
+            crate::config::ConfigError::Invalid {
+                key: "train.ref_device".into(),
+                reason,
+            }
+        })
     }
 
     /// Range checks; errors name the key.
@@ -131,6 +169,10 @@ impl TrainConfig {
                 format!("must be ≥ 1, got {}", self.dual_clip),
             ));
         }
+        if self.logits_chunk_tokens == 0 {
+            return Err(bad("logits_chunk_tokens", "must be at least 1".into()));
+        }
+        parse_device(&self.ref_device, Device::Cpu).map_err(|r| bad("ref_device", r))?;
         if !(self.kl_coef >= 0.0 && self.entropy_coef >= 0.0) {
             return Err(bad(
                 "kl_coef",
@@ -152,149 +194,17 @@ pub struct Sample {
     pub advantage: f64,
 }
 
-/// AdamW with PyTorch's semantics (decoupled decay, bias correction), state kept as named
-/// tensors so it can be checkpointed and resumed bit-exactly.
-pub struct AdamW {
-    params: Vec<(String, Tensor)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    step: i64,
-}
-
-impl AdamW {
-    /// Over every variable of `vs` that requires grad, in name order.
-    pub fn new(vs: &tch::nn::VarStore) -> Self {
-        let vars: BTreeMap<String, Tensor> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        let params: Vec<(String, Tensor)> = vars.into_iter().collect();
-        let m = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        let v = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Self {
-            params,
-            m,
-            v,
-            step: 0,
-        }
-    }
-
-    /// Optimiser steps taken.
-    pub fn steps(&self) -> i64 {
-        self.step
-    }
-
-    /// Zero every parameter's gradient.
-    pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-    }
-
-    /// Global L2 norm of the gradients; when above `max_norm` (> 0), scale them down to it.
-    /// Returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let mut sq = 0.0;
-        for (_, p) in &self.params {
-            let g = p.grad();
-            if g.defined() {
-                sq += g
-                    .to_kind(Kind::Double)
-                    .square()
-                    .sum(Kind::Double)
-                    .double_value(&[]);
-            }
-        }
-        let norm = sq.sqrt();
-        if max_norm > 0.0 && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            tch::no_grad(|| {
-                for (_, p) in &self.params {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(scale);
-                    }
-                }
-            });
-        }
-        norm
-    }
-
-    /// One AdamW update with learning rate `lr`.
-    pub fn step(&mut self, cfg: &TrainConfig) {
-        self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - cfg.beta1.powi(t);
-        let bc2 = 1.0 - cfg.beta2.powi(t);
-        tch::no_grad(|| {
-            for ((_, p), (m, v)) in self
-                .params
-                .iter_mut()
-                .zip(self.m.iter_mut().zip(self.v.iter_mut()))
-            {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let g = g.to_kind(m.kind());
-                let _ = p.g_mul_scalar_(1.0 - cfg.lr * cfg.weight_decay);
-                let _ = m.g_mul_scalar_(cfg.beta1);
-                let _ = m.g_add_(&(&g * (1.0 - cfg.beta1)));
-                let _ = v.g_mul_scalar_(cfg.beta2);
-                let _ = v.g_add_(&(g.square() * (1.0 - cfg.beta2)));
-                let denom = v.sqrt() / bc2.sqrt() + cfg.eps;
-                let upd = (&*m / denom) * (cfg.lr / bc1);
-                let _ = p.g_sub_(&upd.to_kind(p.kind()));
-            }
-        });
-    }
-
-    /// Save moments and step count as safetensors (`<name>.m`, `<name>.v`, `__step__`).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let step = Tensor::from_slice(&[self.step]);
-        let mut named: Vec<(String, &Tensor)> = vec![("__step__".to_string(), &step)];
-        for ((n, _), (m, v)) in self.params.iter().zip(self.m.iter().zip(&self.v)) {
-            named.push((format!("{n}.m"), m));
-            named.push((format!("{n}.v"), v));
-        }
-        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-        Tensor::write_safetensors(&refs, path)
-            .with_context(|| format!("cannot write optimiser state {}", path.display()))
-    }
-
-    /// Restore what [`AdamW::save`] wrote (the parameter set must match).
-    pub fn load(&mut self, path: &Path) -> Result<()> {
-        let loaded: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
-            .with_context(|| format!("cannot read optimiser state {}", path.display()))?
-            .into_iter()
-            .collect();
-        let step = loaded
-            .get("__step__")
-            .with_context(|| format!("{}: no __step__ tensor", path.display()))?;
-        self.step = step.int64_value(&[0]);
-        for ((n, p), (m, v)) in self
-            .params
-            .iter()
-            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
-        {
-            for (suffix, dst) in [("m", &mut *m), ("v", &mut *v)] {
-                let src = loaded
-                    .get(&format!("{n}.{suffix}"))
-                    .with_context(|| format!("{}: no optimiser state for {n}", path.display()))?;
-                if src.size() != p.size() {
-                    bail!(
-                        "{}: optimiser state for {n} has the wrong shape",
-                        path.display()
-                    );
-                }
-                *dst = src.to_device(p.device()).to_kind(dst.kind());
-            }
-        }
-        Ok(())
+/// `same` | `cpu` | `cuda` | `cuda:N`, relative to the trainer's device.
+fn parse_device(s: &str, trainer: Device) -> Result<Device, String> {
+    match s {
+        "same" | "" => Ok(trainer),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("{other:?} is not one of same, cpu, cuda, cuda:N")),
     }
 }
 
@@ -315,11 +225,17 @@ pub struct UpdateStats {
     pub tokens: usize,
 }
 
-/// Flat per-token log-probs of a set of samples, in order (no grad).
-fn flat_logprobs(policy: &Policy, seqs: &[(Vec<i64>, Vec<i64>)], budget: usize) -> Result<Tensor> {
-    let lps = tch::no_grad(|| policy.logprobs(seqs, budget))?;
-    let parts: Vec<Tensor> = lps.into_iter().map(|s| s.logprobs).collect();
-    Ok(Tensor::cat(&parts, 0))
+/// Flat per-token log-probs of a set of samples, in order (no grad), on `device`.
+fn flat_logprobs(
+    policy: &Policy,
+    seqs: &[(Vec<i64>, Vec<i64>)],
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<Tensor> {
+    let parts = tch::no_grad(|| {
+        policy.token_logprobs(seqs, cfg.micro_batch_tokens, cfg.logits_chunk_tokens)
+    })?;
+    Ok(Tensor::cat(&parts, 0).to_device(device))
 }
 
 /// Runs the policy update of a step.
@@ -329,10 +245,33 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer over the policy's trainable parameters.
-    pub fn new(cfg: TrainConfig, policy: &Policy) -> Self {
-        let opt = AdamW::new(policy.trainable_var_store());
-        Self { cfg, opt }
+    /// A trainer over the policy's trainable parameters, in `train.precision` resolved against
+    /// the policy's dtype (an impossible combination is an error naming both keys).
+    pub fn new(cfg: TrainConfig, policy: &Policy) -> Result<Self> {
+        let precision = cfg.precision.resolve(policy.kind()).map_err(|reason| {
+            crate::config::ConfigError::Invalid {
+                key: "train.precision".into(),
+                reason,
+            }
+        })?;
+        let vs = policy.trainable_var_store();
+        if precision == Precision::Pure && policy.kind() != Kind::Float {
+            let vars = vs.variables();
+            let lost = pure_precision_loss(vars.values(), cfg.lr);
+            if lost > 0.01 {
+                tracing::warn!(
+                    "train.precision = \"pure\" with {:?} weights: an AdamW step of about lr = {:e} \
+                     is below the dtype's resolution (ε = {:e}) for {:.0}% of the weights, which \
+                     will not change; use train.precision = \"bf16_mixed\"",
+                    policy.kind(),
+                    cfg.lr,
+                    dtype_epsilon(policy.kind()),
+                    100.0 * lost
+                );
+            }
+        }
+        let opt = AdamW::new(vs, precision)?;
+        Ok(Self { cfg, opt })
     }
 
     /// The optimiser (for checkpoints).
@@ -350,6 +289,11 @@ impl Trainer {
         &self.cfg
     }
 
+    /// The precision in force (`auto` resolved).
+    pub fn precision(&self) -> Precision {
+        self.opt.precision()
+    }
+
     /// One epoch over `samples` in `mini_batches` optimiser steps. `reference` supplies the KL
     /// anchor (skipped when `kl_coef` is 0 or it is `None`).
     pub fn update(
@@ -365,15 +309,16 @@ impl Trainer {
         if samples.is_empty() {
             return Ok(UpdateStats::default());
         }
+        let dev = policy.device();
         let budget = self.cfg.micro_batch_tokens;
         let seqs: Vec<(Vec<i64>, Vec<i64>)> = samples
             .iter()
             .map(|s| (s.prompt.clone(), s.completion.clone()))
             .collect();
         // π_old with the weights that generated the rollouts (before any update of this step).
-        let old_all = flat_logprobs(policy, &seqs, budget)?;
+        let old_all = flat_logprobs(policy, &seqs, &self.cfg, dev)?;
         let ref_all = match (reference, self.cfg.kl_coef > 0.0) {
-            (Some(r), true) => Some(flat_logprobs(r, &seqs, budget)?),
+            (Some(r), true) => Some(flat_logprobs(r, &seqs, &self.cfg, dev)?),
             _ => None,
         };
         let mut offsets = Vec::with_capacity(seqs.len() + 1);
@@ -381,69 +326,86 @@ impl Trainer {
         for (_, c) in &seqs {
             offsets.push(offsets[offsets.len() - 1] + c.len() as i64);
         }
+        let adv_all = {
+            let mut v = Vec::with_capacity(offsets[seqs.len()] as usize);
+            for (s, (_, c)) in samples.iter().zip(&seqs) {
+                v.extend(std::iter::repeat_n(s.advantage as f32, c.len()));
+            }
+            Tensor::from_slice(&v).to_device(dev)
+        };
         let loss_cfg = self.cfg.loss();
+        let pass = TrainPass {
+            chunk_tokens: self.cfg.logits_chunk_tokens,
+            checkpoint: self.cfg.activation_checkpointing,
+            entropy_grad: self.cfg.entropy_coef != 0.0,
+        };
         let k = self.cfg.mini_batches.min(samples.len());
-        let mut stats = UpdateStats::default();
         let total_tokens = offsets[seqs.len()] as usize;
+        let zero = || Tensor::zeros([], (Kind::Double, dev));
+        let (mut pg, mut kl, mut clipped, mut ent) = (zero(), zero(), zero(), zero());
+        let mut grad_norm = 0.0;
         // Mini-batch j takes samples j, j+k, j+2k, ...: every prompt's group is spread evenly.
         for j in 0..k {
             let idx: Vec<usize> = (j..samples.len()).step_by(k).collect();
             let mb_tokens: i64 = idx.iter().map(|&i| offsets[i + 1] - offsets[i]).sum();
-            self.opt.zero_grad();
+            self.opt.zero_grad()?;
             let mb_seqs: Vec<(Vec<i64>, Vec<i64>)> = idx.iter().map(|&i| seqs[i].clone()).collect();
             for micro in Policy::micro_batches(&mb_seqs, budget) {
                 let batch: Vec<&(Vec<i64>, Vec<i64>)> =
                     micro.iter().map(|&m| &mb_seqs[m]).collect();
-                let out = policy.logprobs_batch(&batch)?;
-                let logp = Tensor::cat(&out.iter().map(|o| &o.logprobs).collect::<Vec<_>>(), 0);
-                let entropy = Tensor::cat(&out.iter().map(|o| &o.entropy).collect::<Vec<_>>(), 0);
-                let mut old = Vec::new();
-                let mut refs = Vec::new();
-                let mut adv = Vec::new();
-                for &m in &micro {
-                    let i = idx[m];
-                    let (a, b) = (offsets[i], offsets[i + 1]);
-                    old.push(old_all.narrow(0, a, b - a));
-                    if let Some(r) = &ref_all {
-                        refs.push(r.narrow(0, a, b - a));
-                    }
-                    adv.push(Tensor::full(
-                        [b - a],
-                        samples[i].advantage,
-                        (Kind::Float, logp.device()),
-                    ));
-                }
-                let old = Tensor::cat(&old, 0);
-                let adv = Tensor::cat(&adv, 0);
-                let ref_t = (!refs.is_empty()).then(|| Tensor::cat(&refs, 0));
-                let mask = logp.ones_like().detach();
-                let out = ppo_loss(
-                    &LossInputs {
-                        logp: &logp,
-                        old_logp: &old,
-                        ref_logp: ref_t.as_ref(),
-                        entropy: Some(&entropy),
-                        advantages: &adv,
-                        mask: &mask,
-                    },
-                    &loss_cfg,
-                );
-                (out.sum / mb_tokens as f64).backward();
-                stats.loss += out.pg_sum / total_tokens as f64;
-                stats.kl += out.kl_sum / total_tokens as f64;
-                stats.clip_frac += out.clipped / total_tokens as f64;
-                stats.entropy +=
-                    entropy.detach().sum(Kind::Double).double_value(&[]) / total_tokens as f64;
+                // The micro-batch's per-token inputs, flat in batch order.
+                let pick = |all: &Tensor| -> Tensor {
+                    let parts: Vec<Tensor> = micro
+                        .iter()
+                        .map(|&m| {
+                            let i = idx[m];
+                            all.narrow(0, offsets[i], offsets[i + 1] - offsets[i])
+                        })
+                        .collect();
+                    Tensor::cat(&parts, 0)
+                };
+                let old = pick(&old_all);
+                let refs = ref_all.as_ref().map(pick);
+                let adv = pick(&adv_all);
+                policy.train_batch(&batch, &pass, |c| {
+                    let n = c.logprobs.size()[0];
+                    let mask = c.logprobs.ones_like().detach();
+                    let ref_c = refs.as_ref().map(|r| r.narrow(0, c.offset, n));
+                    let out = ppo_loss(
+                        &LossInputs {
+                            logp: &c.logprobs,
+                            old_logp: &old.narrow(0, c.offset, n),
+                            ref_logp: ref_c.as_ref(),
+                            entropy: Some(&c.entropy),
+                            advantages: &adv.narrow(0, c.offset, n),
+                            mask: &mask,
+                        },
+                        &loss_cfg,
+                    );
+                    pg += &out.pg_sum;
+                    kl += &out.kl_sum;
+                    clipped += &out.clipped;
+                    ent += c.entropy.detach().sum(Kind::Double);
+                    Ok(out.sum / mb_tokens as f64)
+                })?;
+                self.opt.accumulate()?;
             }
-            let norm = self.opt.clip_grad_norm(self.cfg.grad_clip);
+            let norm = self.opt.clip_grad_norm(self.cfg.grad_clip)?;
             if !norm.is_finite() {
                 bail!("gradient norm is {norm} at optimiser step {}: refusing to apply it (lower train.lr?)", self.opt.steps() + 1);
             }
-            stats.grad_norm += norm / k as f64;
-            self.opt.step(&self.cfg);
+            grad_norm += norm / k as f64;
+            self.opt.step(&self.cfg.adamw())?;
         }
-        stats.tokens = total_tokens;
-        Ok(stats)
+        let per_token = |t: &Tensor| t.double_value(&[]) / total_tokens as f64;
+        Ok(UpdateStats {
+            loss: per_token(&pg),
+            kl: per_token(&kl),
+            grad_norm,
+            clip_frac: per_token(&clipped),
+            entropy: per_token(&ent),
+            tokens: total_tokens,
+        })
     }
 }
 

@@ -1,0 +1,276 @@
+//! `cures bench optim`: time of one optimiser step (gradient-norm clip + AdamW) of cures'
+//! [`AdamW`] in each `train.precision` (`bf16_mixed`, `pure`, `fp32`) on the parameters of a
+//! Qwen2/Llama-shaped model, against PyTorch's `torch.optim.AdamW` (fused and foreach, fp32
+//! parameters) with `clip_grad_norm_` on the same shapes, device and thread count
+//! (`scripts/bench/optim_ref.py`), in the same run.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tch::{Device, Kind};
+
+use super::{median, reference_json, repo_file};
+use crate::policy::{Arch, ModelConfig};
+use crate::train::{AdamW, AdamWParams, Precision};
+
+/// Arguments of `cures bench optim`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OptimBenchArgs {
+    /// Parameter shapes: `bench` (the ~28 M Llama of `bench train-step`) or `qwen1.5b` (the
+    /// Qwen2.5-Math-1.5B decoder, 28 layers, with a 101-token vocabulary: 1.31 B parameters).
+    #[arg(long, default_value = "bench")]
+    pub shape: String,
+    /// `cpu` or `cuda` (`cuda:N`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed steps per variant (after 2 warm-up steps); medians are reported.
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One variant's figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct OptimRow {
+    /// `cures bf16_mixed`, `torch fused fp32`, ...
+    pub variant: String,
+    /// Median milliseconds per step (clip + update).
+    pub step_ms: f64,
+}
+
+/// `cures bench optim` figures (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct OptimResult {
+    /// Shape name.
+    pub shape: String,
+    /// Parameters.
+    pub params: i64,
+    /// Parameter tensors.
+    pub tensors: usize,
+    /// Device.
+    pub device: String,
+    /// Intra-op threads of both sides.
+    pub threads: i32,
+    /// Every variant, cures first.
+    pub rows: Vec<OptimRow>,
+    /// cures bf16_mixed ms / torch fused ms (null without the reference).
+    pub mixed_vs_torch_fused: Option<f64>,
+}
+
+/// The model shape of `name`.
+fn shape_config(name: &str) -> Result<ModelConfig> {
+    match name {
+        "bench" => Ok(super::train_step::bench_config()),
+        // Qwen2.5-Math-1.5B: hidden 1536, FFN 8960, 28 layers, 12 heads / 2 KV heads, tied.
+        "qwen1.5b" => Ok(ModelConfig::new(
+            Arch::Qwen2,
+            101,
+            1536,
+            8960,
+            28,
+            12,
+            2,
+            true,
+        )),
+        other => anyhow::bail!("--shape {other:?}: use bench or qwen1.5b"),
+    }
+}
+
+/// Every weight tensor's shape, as the model holds them.
+fn shapes(cfg: &ModelConfig) -> Vec<Vec<i64>> {
+    let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let kv = cfg.kv_heads() * cfg.head_dim();
+    let qwen = cfg.arch == Arch::Qwen2;
+    let mut out = vec![vec![v, h], vec![h]];
+    if !cfg.tie_word_embeddings {
+        out.push(vec![v, h]);
+    }
+    for _ in 0..cfg.num_hidden_layers {
+        out.extend([vec![h, h], vec![kv, h], vec![kv, h], vec![h, h]]);
+        if qwen {
+            out.extend([vec![h], vec![kv], vec![kv]]);
+        }
+        out.extend([vec![f, h], vec![f, h], vec![h, f], vec![h], vec![h]]);
+    }
+    out
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .with_context(|| format!("--device {other:?}: use cpu, cuda or cuda:N")),
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Median ms of clip + step for cures' AdamW in `precision` over weights of `kind`.
+fn time_cures(
+    shapes: &[Vec<i64>],
+    device: Device,
+    kind: Kind,
+    precision: Precision,
+    reps: usize,
+) -> Result<f64> {
+    let vs = tch::nn::VarStore::new(device);
+    let root = vs.root();
+    tch::manual_seed(0);
+    for (i, s) in shapes.iter().enumerate() {
+        let _ = root.var(
+            &format!("p{i:04}"),
+            s,
+            tch::nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
+    }
+    let mut vs = vs;
+    vs.set_kind(kind);
+    let mut opt = AdamW::new(&vs, precision)?;
+    // Random gradients, once: every step then sees defined gradients of the right dtype.
+    for p in vs.trainable_variables() {
+        let r = p.randn_like();
+        (&p * r)
+            .sum(Kind::Float)
+            .f_backward()
+            .context("bench gradients")?;
+    }
+    let h = AdamWParams {
+        lr: 1e-6,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let mut times = Vec::with_capacity(reps);
+    for i in 0..reps + 2 {
+        sync(device);
+        let t = Instant::now();
+        opt.clip_grad_norm(1.0)?;
+        opt.step(&h)?;
+        sync(device);
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(median(&times))
+}
+
+/// The PyTorch rows (fused and foreach AdamW on fp32 parameters).
+fn run_reference(
+    shapes: &[Vec<i64>],
+    device: &str,
+    threads: i32,
+    reps: usize,
+) -> Result<Vec<OptimRow>, String> {
+    let script = repo_file("scripts/bench/optim_ref.py")
+        .ok_or("scripts/bench/optim_ref.py not found (run from the repository root)")?;
+    let py = super::reference_python("torch")?;
+    let dir = std::env::temp_dir().join(format!("cures-bench-optim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join("shapes.json");
+    let json = serde_json::to_string(shapes).map_err(|e| e.to_string())?;
+    std::fs::write(&path, json).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg("--shapes")
+        .arg(&path)
+        .args(["--device", device])
+        .args(["--threads", &threads.to_string()])
+        .args(["--reps", &reps.to_string()])
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = reference_json(&py, &script, out)?;
+    let mut rows = Vec::new();
+    for (key, name) in [
+        ("fused_ms", "torch AdamW(fused=True) fp32"),
+        ("foreach_ms", "torch AdamW(foreach=True) fp32"),
+    ] {
+        if let Some(ms) = v.get(key).and_then(|x| x.as_f64()) {
+            rows.push(OptimRow {
+                variant: name.to_string(),
+                step_ms: ms,
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Err("the reference printed no timings".into());
+    }
+    Ok(rows)
+}
+
+/// Run the optimiser bench.
+pub fn run(a: &OptimBenchArgs) -> Result<OptimResult> {
+    let device = parse_device(&a.device)?;
+    let cfg = shape_config(&a.shape)?;
+    let shapes = shapes(&cfg);
+    let params: i64 = shapes.iter().map(|s| s.iter().product::<i64>()).sum();
+    let threads = tch::get_num_threads();
+    let mut rows = Vec::new();
+    for (name, kind, precision) in [
+        ("cures bf16_mixed", Kind::BFloat16, Precision::Bf16Mixed),
+        ("cures pure bf16", Kind::BFloat16, Precision::Pure),
+        ("cures fp32", Kind::Float, Precision::Fp32),
+    ] {
+        let ms = time_cures(&shapes, device, kind, precision, a.reps)
+            .with_context(|| format!("{name} step"))?;
+        rows.push(OptimRow {
+            variant: name.to_string(),
+            step_ms: ms,
+        });
+    }
+    let mut ratio = None;
+    if !a.no_reference {
+        match run_reference(&shapes, &a.device, threads, a.reps) {
+            Ok(r) => {
+                ratio = r
+                    .iter()
+                    .find(|x| x.variant.contains("fused"))
+                    .map(|f| rows[0].step_ms / f.step_ms);
+                rows.extend(r);
+            }
+            Err(e) => eprintln!("bench optim: PyTorch reference skipped: {e}"),
+        }
+    }
+    Ok(OptimResult {
+        shape: a.shape.clone(),
+        params,
+        tensors: shapes.len(),
+        device: a.device.clone(),
+        threads,
+        rows,
+        mixed_vs_torch_fused: ratio,
+    })
+}
+
+/// The human-readable table.
+pub fn print(r: &OptimResult) {
+    println!(
+        "optimiser step (clip + AdamW), {} shape: {} parameters in {} tensors, {}, {} threads:",
+        r.shape, r.params, r.tensors, r.device, r.threads
+    );
+    for row in &r.rows {
+        println!("  {:<34} {:>10.2} ms", row.variant, row.step_ms);
+    }
+    match r.mixed_vs_torch_fused {
+        Some(x) => println!("  cures bf16_mixed / torch fused: {x:.3}"),
+        None => println!("  cures bf16_mixed / torch fused: n/a"),
+    }
+}
