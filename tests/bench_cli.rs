@@ -69,3 +69,57 @@ fn bench_inflight_without_a_server_is_a_clear_error() {
     assert!(err.contains("no server at http://127.0.0.1:9"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn bench_optim_times_every_precision() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(["bench", "optim", "--reps", "1", "--no-reference", "--json"])
+        .output()
+        .expect("run cures");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("json line")).expect("json");
+    let params = v["params"].as_i64().expect("params");
+    assert!((25_000_000..40_000_000).contains(&params), "{params}");
+    let rows = v["rows"].as_array().expect("rows");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["variant"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["cures bf16_mixed", "cures pure bf16", "cures fp32"],
+        "{v}"
+    );
+    for r in rows {
+        assert!(r["step_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    }
+    assert!(v["mixed_vs_torch_fused"].is_null());
+}
+
+#[test]
+fn diff_counts_moved_weights_and_names_a_mismatch() {
+    let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy");
+    let diff = |a: &str, b: &str| {
+        Command::new(env!("CARGO_BIN_EXE_cures"))
+            .args(["diff", "--json"])
+            .arg(fx.join(a))
+            .arg(fx.join(b))
+            .output()
+            .expect("run cures")
+    };
+    let same = diff("tiny-llama", "tiny-llama");
+    let stdout = String::from_utf8_lossy(&same.stdout);
+    assert!(same.status.success(), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("json line")).expect("json");
+    assert_eq!(v["total"]["differ"], 0, "{v}");
+    assert!(v["total"]["elements"].as_u64().is_some_and(|n| n > 1000));
+    let other = diff("tiny-llama", "tiny-qwen2");
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("tensor "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
