@@ -121,9 +121,21 @@ pub struct AdamWParams {
     pub weight_decay: f64,
 }
 
-/// Elements per piece of the flat AdamW arithmetic: its temporaries are this size, never the
-/// model's (128 MiB of fp32 each; a 1.5 B model takes 46 pieces of ~8 whole-buffer ops).
-const FLAT_CHUNK: i64 = 1 << 25;
+/// Elements per piece of the flat AdamW arithmetic on a GPU: its temporaries are this size,
+/// never the model's (128 MiB of fp32 each; a 1.5 B model takes 46 pieces of ~8 whole-range
+/// kernels).
+const FLAT_CHUNK_GPU: i64 = 1 << 25;
+/// On a CPU: pieces that stay in cache between the ~8 passes (measured with `cures bench optim`
+/// on 2 cores: 1 M elements 83 ms, 256 K 90 ms, 32 M 153 ms per step of 32 M parameters).
+const FLAT_CHUNK_CPU: i64 = 1 << 20;
+
+fn flat_chunk(device: tch::Device) -> i64 {
+    if device.is_cuda() {
+        FLAT_CHUNK_GPU
+    } else {
+        FLAT_CHUNK_CPU
+    }
+}
 
 /// One trainable tensor.
 struct Slot {
@@ -158,7 +170,7 @@ enum State {
 /// AdamW over the trainable variables of a store (see the module docs).
 ///
 /// In `bf16_mixed` the masters, moments and gradient accumulator are single flat fp32 buffers,
-/// so a step is a handful of whole-buffer kernels (in pieces of [`FLAT_CHUNK`] elements) plus
+/// so a step is a handful of whole-buffer kernels (in pieces of [`FLAT_CHUNK_GPU`] elements) plus
 /// one copy per parameter to refresh the compute weights, not a dozen kernels per parameter.
 pub struct AdamW {
     slots: Vec<Slot>,
@@ -402,9 +414,10 @@ impl AdamW {
         tch::no_grad(|| match &mut self.state {
             State::Flat(f) => {
                 let n = f.master.size()[0];
+                let chunk = flat_chunk(f.master.device());
                 let mut a = 0;
                 while a < n {
-                    let len = FLAT_CHUNK.min(n - a);
+                    let len = chunk.min(n - a);
                     flat_adamw(f, a, len, h, bc1, bc2)?;
                     a += len;
                 }
