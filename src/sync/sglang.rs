@@ -1,7 +1,7 @@
 //! SGLang full weights from disk: `POST /update_weights_from_disk {model_path, weight_version,
 //! flush_cache}` (it pauses and flushes by itself), verified with `GET /get_model_info`'s
 //! `weight_version` and the greedy log-prob probe. Verified against SGLang 0.5.23 on CPU
-//! (scripts/install-sglang-cpu.sh, tests/server_sglang.rs): a bad path is answered with HTTP 400
+//! (scripts/install-sglang-cpu.sh, tests/it/server_sglang.rs): a bad path is answered with HTTP 400
 //! `success: false` and the server keeps serving its previous weights; a successful update also
 //! renames the served model to the directory path (requests' `model` field is not checked).
 

@@ -5,23 +5,17 @@
 //! must come back exactly once. Skipped unless CURES_LLAMA_SERVER, CURES_SMOLLM2_GGUF and
 //! CURES_SMOLLM2_DIR are set (scripts/test.sh sets them).
 
-mod support;
-
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::{free_port, llama_env, start_llama};
 use cures::policy::{ChatMessage, Tokenizer};
 use cures::rollout::{
     Completion, EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig, RolloutEngine,
     RolloutRequest,
 };
-use support::{free_port, llama_env, start_llama};
 
-/// The servers are CPU-bound: one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn tokenizer(env: &support::LlamaEnv) -> Tokenizer {
+fn tokenizer(env: &crate::support::LlamaEnv) -> Tokenizer {
     Tokenizer::load(&env.hf_dir, &[2], Some(2)).expect("SmolLM2 tokenizer")
 }
 
@@ -75,8 +69,8 @@ fn assert_exact(comps: &[Completion], ns: &[usize]) {
 
 #[test]
 fn per_prompt_n_with_token_ids_and_logprobs() {
+    let _serial = crate::support::serial();
     let Some(env) = llama_env() else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().expect("tmp");
     let port = free_port();
     let srv = start_llama(&env, port, 4, &tmp.path().join("llama.log"));
@@ -106,8 +100,8 @@ fn per_prompt_n_with_token_ids_and_logprobs() {
 
 #[test]
 fn server_killed_mid_step_and_restarted() {
+    let _serial = crate::support::serial();
     let Some(env) = llama_env() else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().expect("tmp");
     let port = free_port();
     let mut srv = start_llama(&env, port, 4, &tmp.path().join("llama.log"));
@@ -116,7 +110,7 @@ fn server_killed_mid_step_and_restarted() {
     let mut e = OpenAiEngine::new(&c, Some(tok.clone())).expect("engine");
     let ns = [2, 2, 3, 1, 2, 2];
     let reqs = prompts(&tok, &ns);
-    let env2 = support::LlamaEnv {
+    let env2 = crate::support::LlamaEnv {
         bin: env.bin.clone(),
         gguf: env.gguf.clone(),
         hf_dir: env.hf_dir.clone(),
@@ -147,8 +141,8 @@ fn server_killed_mid_step_and_restarted() {
 
 #[test]
 fn second_endpoint_takes_over_when_one_dies() {
+    let _serial = crate::support::serial();
     let Some(env) = llama_env() else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().expect("tmp");
     let mut a = start_llama(&env, free_port(), 4, &tmp.path().join("a.log"));
     let b = start_llama(&env, free_port(), 4, &tmp.path().join("b.log"));
@@ -182,8 +176,8 @@ fn second_endpoint_takes_over_when_one_dies() {
 
 #[test]
 fn concurrency_limit_holds_and_is_reached() {
+    let _serial = crate::support::serial();
     let Some(env) = llama_env() else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().expect("tmp");
     // 4 slots: the server queues whatever is beyond them, so the client alone bounds the wire.
     let srv = start_llama(&env, free_port(), 4, &tmp.path().join("llama.log"));
@@ -208,8 +202,8 @@ fn concurrency_limit_holds_and_is_reached() {
 
 #[test]
 fn a_prompt_the_server_refuses_sits_the_step_out_and_the_run_goes_on() {
+    let _serial = crate::support::serial();
     let Some(env) = llama_env() else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().expect("tmp");
     // Two slots (llama-server takes n up to its slots) and 2048 tokens of context: a
     // 3000-token prompt fits the model (8192 positions, so it is not dropped at load) but not

@@ -58,6 +58,7 @@ fn small_run(model: &Path, out: &Path, strategy: &str) {
 
 #[test]
 fn plot_two_runs_and_reject_non_runs() {
+    let _serial = crate::support::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let model = tmp.path().join("policy");
     ok(&[

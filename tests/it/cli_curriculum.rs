@@ -23,6 +23,7 @@ fn last_json(o: &Output) -> serde_json::Value {
 
 #[test]
 fn every_shipped_config_checks() {
+    let _serial = crate::support::serial();
     let mut n = 0;
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")).unwrap() {
         let path = entry.unwrap().path();
@@ -40,6 +41,7 @@ fn every_shipped_config_checks() {
 
 #[test]
 fn bad_configs_fail_with_the_key_and_reason() {
+    let _serial = crate::support::serial();
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[curriculum]\ntau = 0\n", "curriculum.tau"),
@@ -122,6 +124,7 @@ fn bad_configs_fail_with_the_key_and_reason() {
 
 #[test]
 fn simulate_json_and_csv() {
+    let _serial = crate::support::serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sim");
     let o = cures(&[
@@ -152,6 +155,7 @@ fn simulate_json_and_csv() {
 
 #[test]
 fn bench_curriculum_json_reports_references_or_nulls() {
+    let _serial = crate::support::serial();
     let o = cures(&[
         "bench",
         "curriculum",

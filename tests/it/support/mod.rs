@@ -1,6 +1,7 @@
-//! Shared helpers of the server tests: free loopback ports, real server processes stopped by
-//! PID on drop, and a tiny loopback HTTP server whose replies a test scripts (garbage, 500s,
-//! slow answers, too few choices, stale versions).
+//! Shared helpers of the integration tests: the lock that serialises heavy tests, child runs
+//! with an environment, seeded random tensors, free loopback ports, real server processes
+//! stopped by PID on drop, and a tiny loopback HTTP server whose replies a test scripts
+//! (garbage, 500s, slow answers, too few choices, stale versions).
 #![allow(dead_code)]
 
 pub mod served;
@@ -13,6 +14,65 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by every test that starts an inference server (vLLM, SGLang, llama-server) or runs a
+/// long CPU job (a `cures run`, fuzzing, SmolLM2): such tests run one at a time, as they did
+/// when each file was its own binary. A test that panicked while holding it poisons the mutex;
+/// the guard is recovered, so one failure does not fail every later heavy test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// For a test that needs environment variables set: when `vars[0]` is not set in this process,
+/// run the test `name` (module path, e.g. `server_faults::api_key...`) again in a child process
+/// of this test binary with `vars` set, assert that it passed, and return true (the caller
+/// returns). In the child, returns false and the test body runs. No test calls `set_var`,
+/// which would race with other threads (and C code) reading the environment.
+pub fn rerun_with_env(name: &str, vars: &[(&str, &str)]) -> bool {
+    let Some((first, _)) = vars.first() else {
+        return false;
+    };
+    if std::env::var_os(first).is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = Command::new(exe);
+    cmd.args([name, "--exact", "--test-threads=1"]);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("rerun the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child run of {name}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// Seeded N(0, 1) tensors from a ChaCha stream (libtorch's global generator is shared by every
+/// test in the process).
+pub struct Rng(rand_chacha::ChaCha8Rng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        use rand::SeedableRng;
+        Rng(rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// An f32 CPU tensor of `shape` with N(0, 1) entries.
+    pub fn randn(&mut self, shape: &[i64]) -> tch::Tensor {
+        use rand_distr::{Distribution, StandardNormal};
+        let n: i64 = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut self.0)).collect();
+        tch::Tensor::from_slice(&v).view(shape)
+    }
+}
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {

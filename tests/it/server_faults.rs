@@ -3,16 +3,14 @@
 //! retries with clear errors on 500s / garbage / slow replies, and fail-fast health checks.
 //! Every requested completion must be accounted for exactly once; nothing may panic.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{completion_reply, FakeServer, Reply};
 use cures::rollout::{
     EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig, RolloutEngine, RolloutRequest,
 };
-use support::{completion_reply, FakeServer, Reply};
 
 fn cfg(urls: &[String]) -> RolloutConfig {
     RolloutConfig {
@@ -248,7 +246,7 @@ fn a_healthy_endpoint_takes_over_from_a_failing_one() {
 
 #[test]
 fn no_server_fails_fast_with_an_actionable_message() {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let c = cfg(&[format!("http://127.0.0.1:{port}")]);
     let t = Instant::now();
     let err = format!("{:#}", OpenAiEngine::new(&c, None).unwrap_err());
@@ -262,6 +260,13 @@ fn no_server_fails_fast_with_an_actionable_message() {
 
 #[test]
 fn api_key_is_sent_as_bearer_and_never_in_errors() {
+    // The key variable is set in a child run of this test only (never `set_var` here).
+    if crate::support::rerun_with_env(
+        "server_faults::api_key_is_sent_as_bearer_and_never_in_errors",
+        &[("CURES_TEST_KEY_XYZ", "sk-very-secret")],
+    ) {
+        return;
+    }
     let seen = Arc::new(AtomicUsize::new(0));
     let s2 = seen.clone();
     let srv = FakeServer::start(Box::new(move |_, _, _, _| {
@@ -273,7 +278,6 @@ fn api_key_is_sent_as_bearer_and_never_in_errors() {
             drip: Duration::ZERO,
         }
     }));
-    std::env::set_var("CURES_TEST_KEY_XYZ", "sk-very-secret");
     let mut c = cfg(&[srv.url()]);
     c.endpoints[0].api_key_env = "CURES_TEST_KEY_XYZ".into();
     let mut e = OpenAiEngine::new(&c, None).expect("engine");

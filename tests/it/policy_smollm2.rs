@@ -35,6 +35,7 @@ fn model_dir() -> Option<PathBuf> {
 
 #[test]
 fn smollm2_greedy_is_coherent_and_matches_llama_server_logprobs() {
+    let _serial = crate::support::serial();
     let Some(dir) = model_dir() else { return };
     let p = Policy::load(&dir, Device::Cpu, Kind::Float).expect("loading SmolLM2");
     assert_eq!(p.config().num_hidden_layers, 30);

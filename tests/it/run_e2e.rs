@@ -110,6 +110,7 @@ fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 
 #[test]
 fn short_run_writes_consistent_csvs() {
+    let _serial = crate::support::serial();
     let model = policy_dir().to_str().expect("utf8");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("run");
@@ -230,6 +231,7 @@ fn short_run_writes_consistent_csvs() {
 
 #[test]
 fn resume_is_exact() {
+    let _serial = crate::support::serial();
     check_resume_is_exact(&[]);
 }
 
@@ -237,6 +239,7 @@ fn resume_is_exact() {
 /// bf16 weights resume bitwise.
 #[test]
 fn resume_is_exact_in_bf16_mixed() {
+    let _serial = crate::support::serial();
     check_resume_is_exact(&["model.dtype=bf16", "train.precision=bf16_mixed"]);
 }
 
@@ -300,6 +303,7 @@ fn check_resume_is_exact(sets: &[&str]) {
 
 #[test]
 fn init_maps_difficulty_with_both_sigma_estimators() {
+    let _serial = crate::support::serial();
     let model = policy_dir().to_str().expect("utf8");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("init");
@@ -374,6 +378,7 @@ fn file_run_args(model: &str, out: &Path, train: &Path, steps: &str) -> Vec<Stri
 
 #[test]
 fn resume_refuses_a_different_dataset_or_a_changed_key() {
+    let _serial = crate::support::serial();
     let model = policy_dir().to_str().expect("utf8");
     let tmp = tempfile::tempdir().expect("tempdir");
     let (train, out) = (tmp.path().join("train.jsonl"), tmp.path().join("run"));
@@ -453,6 +458,7 @@ fn resume_refuses_a_different_dataset_or_a_changed_key() {
 
 #[test]
 fn overlong_prompts_are_dropped_and_failed_starts_leave_nothing() {
+    let _serial = crate::support::serial();
     let model = policy_dir().to_str().expect("utf8");
     let tmp = tempfile::tempdir().expect("tempdir");
     let (train, out) = (tmp.path().join("train.jsonl"), tmp.path().join("run"));

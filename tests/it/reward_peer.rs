@@ -16,6 +16,7 @@ fn cases_path() -> std::path::PathBuf {
 
 #[test]
 fn math_verify_peer_suite() {
+    let _serial = crate::support::serial();
     let path = cases_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(

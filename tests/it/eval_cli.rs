@@ -46,6 +46,7 @@ fn policy(tmp: &Path) -> PathBuf {
 
 #[test]
 fn eval_testbed_policy_end_to_end() {
+    let _serial = crate::support::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let model = policy(tmp.path());
     // A small real benchmark: testbed held-out problems, written as GSM8K-style rows (gold

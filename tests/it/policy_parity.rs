@@ -285,10 +285,17 @@ fn save_hf_roundtrip_sharded_and_atomic() {
 }
 
 fn perturb_lora(p: &Policy, seed: i64) {
-    tch::manual_seed(seed);
+    let mut rng = crate::support::Rng::new(seed as u64);
     tch::no_grad(|| {
-        for v in p.trainable_var_store().trainable_variables() {
-            let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.05;
+        let mut vars: Vec<_> = p
+            .trainable_var_store()
+            .variables()
+            .into_iter()
+            .filter(|(_, v)| v.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, v) in vars {
+            let noise = rng.randn(&v.size()).to_kind(v.kind()) * 0.05;
             let mut v = v;
             let _ = v.g_add_(&noise);
         }

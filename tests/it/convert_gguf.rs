@@ -56,6 +56,7 @@ fn json(p: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn smollm2_gguf_converts_bit_exactly_like_the_python_script() {
+    let _serial = crate::support::serial();
     let Some((gguf, tok)) = inputs() else {
         return;
     };

@@ -51,22 +51,26 @@ fn latex_soup(cases: u32) {
 
 #[test]
 fn any_string_bounded() {
+    let _serial = crate::support::serial();
     any_string(bounded_cases());
 }
 
 #[test]
 fn latex_soup_bounded() {
+    let _serial = crate::support::serial();
     latex_soup(bounded_cases());
 }
 
 #[test]
 #[ignore = "1e6 cases: run with --ignored"]
 fn any_string_million_cases() {
+    let _serial = crate::support::serial();
     any_string(1_000_000);
 }
 
 #[test]
 #[ignore = "1e6 cases: run with --ignored"]
 fn latex_soup_million_cases() {
+    let _serial = crate::support::serial();
     latex_soup(1_000_000);
 }

@@ -5,17 +5,15 @@
 //! engine. One server for everything (vLLM on 2 CPU cores is slow to start). Skipped unless
 //! CURES_VLLM_TESTS=1 and CURES_SMOLLM2_DIR are set (scripts/test.sh sets them).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::ServerProc;
 use cures::policy::{LoraConfig, Policy};
 use cures::rollout::{EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig};
 use cures::sync::http::{probe_prompt, trainer_logprob, Admin};
 use cures::sync::{SyncOptions, VllmFullSync, VllmLoraSync, WeightSync};
-use support::ServerProc;
 use tch::{Device, Kind};
 
 fn env() -> Option<PathBuf> {
@@ -29,7 +27,7 @@ fn env() -> Option<PathBuf> {
 }
 
 fn start_vllm(model: &std::path::Path, log: &std::path::Path) -> ServerProc {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new("bash");
     cmd.arg(root.join("scripts/serve-vllm.sh"))
@@ -49,6 +47,7 @@ fn served_lp(admin: &Admin, model: &str, prompt: &[i64]) -> (i64, f64) {
 
 #[test]
 fn vllm_cpu_contract() {
+    let _serial = crate::support::serial();
     let Some(model) = env() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
@@ -72,7 +71,7 @@ fn vllm_cpu_contract() {
     };
     let mut engine = OpenAiEngine::new(&cfg, Some(tok.clone())).expect("engine");
     let prompt = probe_prompt(&policy).expect("prompt");
-    support::served::check_generation(&mut engine, &cfg, &policy, &prompt);
+    crate::support::served::check_generation(&mut engine, &cfg, &policy, &prompt);
 
     let admin = Admin::new(std::slice::from_ref(&ep), Duration::from_secs(120)).expect("admin");
     let (tok0, base_lp) = served_lp(&admin, "smol", &prompt);
@@ -97,13 +96,13 @@ fn vllm_cpu_contract() {
     .expect("lora");
     // Same adapter every run (variables in name order), and small like a trained one: vLLM-CPU's
     // bf16 LoRA path drifts from f32 by 0.2+ nats for large random adapters (B ~ 0.3·N(0, 1)).
-    tch::manual_seed(11);
+    let mut rng = crate::support::Rng::new(11);
     tch::no_grad(|| {
         let mut vars: Vec<_> = lpol.trainable_var_store().variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, mut t) in vars {
             if name.contains("lora_B") {
-                let r = t.randn_like() * 0.1;
+                let r = rng.randn(&t.size()).to_kind(t.kind()) * 0.1;
                 t.copy_(&r);
             }
         }
@@ -128,13 +127,13 @@ fn vllm_cpu_contract() {
     // A second version goes to a fresh directory; old ones are pruned beyond `keep`.
     lsync.publish(&lpol, 2).expect("LoRA publish 2");
     // A changed adapter under the same name replaces the served one (unload + load).
-    tch::manual_seed(12);
+    let mut rng = crate::support::Rng::new(12);
     tch::no_grad(|| {
         let mut vars: Vec<_> = lpol.trainable_var_store().variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, mut t) in vars {
             if name.contains("lora_B") {
-                let r = t.randn_like() * 0.2;
+                let r = rng.randn(&t.size()).to_kind(t.kind()) * 0.2;
                 t.copy_(&r);
             }
         }
@@ -203,7 +202,7 @@ fn vllm_cpu_contract() {
 
     // 4. `cures run` with vLLM as the engine (full-weight sync every step).
     let out = tmp.path().join("run");
-    let steps = support::served::short_run(&model, &url, "vllm_full", &out);
+    let steps = crate::support::served::short_run(&model, &url, "vllm_full", &out);
     assert!(steps
         .lines()
         .next()

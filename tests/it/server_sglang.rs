@@ -6,17 +6,15 @@
 //! `cures run` with SGLang as the engine. One server for everything. Skipped unless
 //! CURES_SGLANG_TESTS=1 and CURES_SMOLLM2_DIR are set (scripts/test.sh sets them).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::ServerProc;
 use cures::policy::Policy;
 use cures::rollout::{EndpointConfig, EngineKind, OpenAiEngine, RolloutConfig, RolloutEngine};
 use cures::sync::http::{probe_prompt, trainer_logprob, Admin};
 use cures::sync::{SglangFullSync, SyncOptions, WeightSync};
-use support::ServerProc;
 use tch::{Device, Kind};
 
 fn env() -> Option<PathBuf> {
@@ -30,7 +28,7 @@ fn env() -> Option<PathBuf> {
 }
 
 fn start_sglang(model: &std::path::Path, log: &std::path::Path) -> ServerProc {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new("bash");
     cmd.arg(root.join("scripts/serve-sglang.sh"))
@@ -64,6 +62,7 @@ fn halved_norm(model: &std::path::Path) -> Policy {
 
 #[test]
 fn sglang_cpu_contract() {
+    let _serial = crate::support::serial();
     let Some(model) = env() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
@@ -87,7 +86,7 @@ fn sglang_cpu_contract() {
     };
     let mut engine = OpenAiEngine::new(&cfg, Some(tok.clone())).expect("engine");
     let prompt = probe_prompt(&policy).expect("prompt");
-    let reqs = support::served::check_generation(&mut engine, &cfg, &policy, &prompt);
+    let reqs = crate::support::served::check_generation(&mut engine, &cfg, &policy, &prompt);
     assert_eq!(engine.last_stats().topups, 0, "SGLang honours n");
 
     // 2. Full weights: the trainer's weights as v1, then changed ones as v2.
@@ -232,7 +231,7 @@ fn sglang_cpu_contract() {
 
     // 5. `cures run` with SGLang as the engine (full-weight sync every step).
     let run_out = tmp.path().join("run");
-    support::served::short_run(&model, &url, "sglang_full", &run_out);
+    crate::support::served::short_run(&model, &url, "sglang_full", &run_out);
     let info = admin
         .get_ok(&admin.targets[0], "/get_model_info")
         .expect("model info");
