@@ -12,7 +12,7 @@ use serde::Serialize;
 use tch::{Device, Kind};
 
 use super::{median, reference_json, repo_file};
-use crate::policy::{Arch, ModelConfig};
+use crate::policy::{Arch, ModelConfig, Transformer, WeightInit};
 use crate::train::{AdamW, AdamWParams, Precision};
 
 /// Arguments of `cures bench optim`.
@@ -83,66 +83,38 @@ fn shape_config(name: &str) -> Result<ModelConfig> {
     }
 }
 
-/// Every weight tensor's shape, as the model holds them.
-fn shapes(cfg: &ModelConfig) -> Vec<Vec<i64>> {
-    let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let kv = cfg.kv_heads() * cfg.head_dim();
-    let qwen = cfg.arch == Arch::Qwen2;
-    let mut out = vec![vec![v, h], vec![h]];
-    if !cfg.tie_word_embeddings {
-        out.push(vec![v, h]);
-    }
-    for _ in 0..cfg.num_hidden_layers {
-        out.extend([vec![h, h], vec![kv, h], vec![kv, h], vec![h, h]]);
-        if qwen {
-            out.extend([vec![h], vec![kv], vec![kv]]);
-        }
-        out.extend([vec![f, h], vec![f, h], vec![h, f], vec![h], vec![h]]);
-    }
-    out
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .with_context(|| format!("--device {other:?}: use cpu, cuda or cuda:N")),
-    }
-}
-
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
 }
 
-/// Median ms of clip + step for cures' AdamW in `precision` over weights of `kind`.
+/// The model's own parameters (`Transformer::new`, HF init) on `device` in `kind`.
+fn model_params(cfg: &ModelConfig, device: Device, kind: Kind) -> tch::nn::VarStore {
+    tch::manual_seed(0);
+    let mut vs = tch::nn::VarStore::new(device);
+    let _model = Transformer::new(&vs.root(), cfg, WeightInit::Random { std: 0.02 });
+    vs.set_kind(kind);
+    vs
+}
+
+/// Median ms of clip + step for cures' AdamW in `precision` over weights of `kind`, and the
+/// parameters' shapes (name order).
 fn time_cures(
-    shapes: &[Vec<i64>],
+    cfg: &ModelConfig,
     device: Device,
     kind: Kind,
     precision: Precision,
     reps: usize,
-) -> Result<f64> {
-    let vs = tch::nn::VarStore::new(device);
-    let root = vs.root();
-    tch::manual_seed(0);
-    for (i, s) in shapes.iter().enumerate() {
-        let _ = root.var(
-            &format!("p{i:04}"),
-            s,
-            tch::nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        );
-    }
-    let mut vs = vs;
-    vs.set_kind(kind);
+) -> Result<(f64, Vec<Vec<i64>>)> {
+    let vs = model_params(cfg, device, kind);
+    let shapes: Vec<Vec<i64>> = vs
+        .variables()
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .values()
+        .map(|t| t.size())
+        .collect();
     let mut opt = AdamW::new(&vs, precision)?;
     // Random gradients, once: every step then sees defined gradients of the right dtype.
     for p in vs.trainable_variables() {
@@ -170,7 +142,7 @@ fn time_cures(
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok(median(&times))
+    Ok((median(&times), shapes))
 }
 
 /// The PyTorch rows (fused and foreach AdamW on fp32 parameters).
@@ -218,24 +190,26 @@ fn run_reference(
 
 /// Run the optimiser bench.
 pub fn run(a: &OptimBenchArgs) -> Result<OptimResult> {
-    let device = parse_device(&a.device)?;
+    let device = crate::train::trainer::parse_device(&a.device, Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let cfg = shape_config(&a.shape)?;
-    let shapes = shapes(&cfg);
-    let params: i64 = shapes.iter().map(|s| s.iter().product::<i64>()).sum();
     let threads = tch::get_num_threads();
     let mut rows = Vec::new();
+    let mut shapes = Vec::new();
     for (name, kind, precision) in [
         ("cures bf16_mixed", Kind::BFloat16, Precision::Bf16Mixed),
         ("cures pure bf16", Kind::BFloat16, Precision::Pure),
         ("cures fp32", Kind::Float, Precision::Fp32),
     ] {
-        let ms = time_cures(&shapes, device, kind, precision, a.reps)
+        let (ms, s) = time_cures(&cfg, device, kind, precision, a.reps)
             .with_context(|| format!("{name} step"))?;
+        shapes = s;
         rows.push(OptimRow {
             variant: name.to_string(),
             step_ms: ms,
         });
     }
+    let params: i64 = shapes.iter().map(|s| s.iter().product::<i64>()).sum();
     let mut ratio = None;
     if !a.no_reference {
         match run_reference(&shapes, &a.device, threads, a.reps) {

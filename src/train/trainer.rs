@@ -195,7 +195,7 @@ pub struct Sample {
 }
 
 /// `same` | `cpu` | `cuda` | `cuda:N`, relative to the trainer's device.
-fn parse_device(s: &str, trainer: Device) -> Result<Device, String> {
+pub(crate) fn parse_device(s: &str, trainer: Device) -> Result<Device, String> {
     match s {
         "same" | "" => Ok(trainer),
         "cpu" => Ok(Device::Cpu),
