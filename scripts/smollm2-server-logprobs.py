@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Record a real server's log-probs for SmolLM2-135M-Instruct into
-tests/fixtures/policy/smollm2_llama_server.json (read by tests/policy_smollm2.rs).
+tests/fixtures/policy/smollm2_llama_server.json (read by tests/it/policy_smollm2.rs).
 
 Starts llama.cpp's llama-server (scripts/build-llama-server.sh) on 127.0.0.1 with the Q4_1 GGUF
 that scripts/fetch-smollm2.sh downloaded, sends chat-templated prompts as token ids (tokenised by

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// Paper's scale (cures-algorithm.md §1): m = 1024 prompts, N = 8192 completions per step.
+/// Paper's scale (docs/algorithm.md §1): m = 1024 prompts, N = 8192 completions per step.
 const DEFAULT_PROMPTS: usize = 1024;
 const DEFAULT_BUDGET: usize = 8192;
 
@@ -279,7 +279,7 @@ impl Default for BatchConfig {
     }
 }
 
-/// Which method decides the batch and the rollout counts (cures-algorithm.md §7).
+/// Which method decides the batch and the rollout counts (docs/algorithm.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyKind {
@@ -325,7 +325,7 @@ pub enum Replacement {
     WithoutReplacement,
 }
 
-/// σ_i estimator for Neyman allocation (cures-algorithm.md §4).
+/// σ_i estimator for Neyman allocation (docs/algorithm.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SigmaKind {
@@ -707,6 +707,30 @@ impl Config {
         }
         self.simulate.validate()?;
         Ok(())
+    }
+
+    /// What is valid but probably not what the user meant, one line each (`cures check` and
+    /// `cures run` print them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let (b, c) = (&self.batch, &self.curriculum);
+        if let Some(n_max) = c.n_max {
+            // The most one prompt can get: the budget less n_min for each other prompt.
+            let reach = b
+                .budget
+                .saturating_sub(c.n_min.saturating_mul(b.prompts.saturating_sub(1)));
+            if n_max > b.budget {
+                w.push(format!(
+                    "curriculum.n_max = {n_max} exceeds batch.budget = {}: no prompt can get \
+                     more than {reach} rollouts in a step (the budget less curriculum.n_min = {} \
+                     for each of the other {} prompts)",
+                    b.budget,
+                    c.n_min,
+                    b.prompts.saturating_sub(1)
+                ));
+            }
+        }
+        w
     }
 
     /// Checks that need the dataset size: every pool must be non-empty and, without

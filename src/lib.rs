@@ -1,7 +1,7 @@
 //! cures: curriculum RL post-training for reasoning LLMs, following the CurES paper
 //! (arXiv 2510.01037).
 //!
-//! The crate is organised along the path every rollout takes (see `architecture.md`):
+//! The crate is organised along the path every rollout takes (see `docs/architecture.md`):
 //! [`curriculum`] decides which prompts to roll out and how many times, rollouts are scored,
 //! the policy is updated, and everything users analyse is written as CSV by [`metrics`].
 //! Pure modules (curriculum, reward, advantages) never touch the network, the disk or tch.

@@ -30,8 +30,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         /// Check the config alone, not the data and model files it names.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "probe")]
         config_only: bool,
+        /// Also ask every inference server in [[rollout.endpoints]]: health, the served model
+        /// name, its context (max_model_len) and the routes rollout.sync needs.
+        #[arg(long)]
+        probe: bool,
     },
     /// Run a strategy against synthetic prompts with known accuracies.
     Simulate(SimulateArgs),
@@ -119,6 +123,10 @@ enum Command {
         /// Continue the run in the run directory from its latest checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Start afresh even when the run directory holds a run: its files (logs, config,
+        /// checkpoints, sync versions) are deleted first.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
         /// Print one JSON summary object as the last line of stdout.
         #[arg(long)]
         json: bool,
@@ -316,10 +324,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check {
             config,
             config_only,
+            probe,
         } => {
             let c = Config::load(&config, &cli.set)?;
-            if !config_only {
-                let found = cures::run::check_inputs(&c)
+            if config_only {
+                for w in c.warnings() {
+                    println!("# warning: {w}");
+                }
+            } else {
+                let found = cures::run::check_inputs(&c, probe)
                     .with_context(|| format!("{}: the inputs it names", config.display()))?;
                 print!("{found}");
             }
@@ -453,6 +466,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             out,
             resume,
+            overwrite,
             json,
             quiet,
         } => {
@@ -461,20 +475,30 @@ fn run(cli: Cli) -> Result<()> {
                 config: cfg,
                 out,
                 resume,
+                overwrite,
                 quiet: quiet || json,
             })?;
             let fmt = |a: Option<f64>| a.map_or("n/a".to_string(), |a| format!("{a:.3}"));
+            let from = if s.resumed_from > 0 {
+                format!(" (resumed at step {})", s.resumed_from)
+            } else {
+                String::new()
+            };
             println!(
-                "{} steps, {} completions in {:.0} s; held-out accuracy {} -> {}",
+                "this process{from}: {} steps, {} completions in {:.0} s",
+                s.steps_here, s.completions_here, s.wall_s
+            );
+            println!(
+                "the run: {} steps, {} completions, {:.0} s of steps; held-out accuracy {} -> {}",
                 s.steps,
                 s.completions,
-                s.wall_s,
+                s.run_wall_s,
                 fmt(s.heldout_before),
                 fmt(s.heldout_after)
             );
             let p = s.phase_s;
             println!(
-                "mean seconds per step: init {:.2}, sample {:.3}, generate {:.2}, reward {:.3}, train {:.2}, sync {:.3}",
+                "mean seconds per step of this process: init {:.2}, sample {:.3}, generate {:.2}, reward {:.3}, train {:.2}, sync {:.3}",
                 p[0], p[1], p[2], p[3], p[4], p[5]
             );
             if s.dropped_prompts > 0 {

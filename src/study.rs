@@ -260,6 +260,8 @@ pub fn study(opts: &StudyOptions) -> Result<Vec<SummaryRow>> {
                     config: cfg,
                     out: Some(dir.clone()),
                     resume,
+                    // A seed that stopped before its first checkpoint starts again.
+                    overwrite: !resume,
                     quiet: opts.quiet,
                 })?;
                 let wall = t.elapsed().as_secs_f64();

@@ -1,4 +1,4 @@
-//! Rollout allocation (cures-algorithm.md §4, Eq. 15–21): n_i ∝ σ_i under Σ n_i = N exactly,
+//! Rollout allocation (docs/algorithm.md §4, Eq. 15–21): n_i ∝ σ_i under Σ n_i = N exactly,
 //! with bounds n_min ≤ n_i ≤ n_max.
 //!
 //! The continuous solution is the water level λ with Σ clamp(λ·w_i, lo_i, hi_i) = N (found

@@ -1,5 +1,5 @@
 //! The CurES curriculum engine: posterior, prompt sampling, rollout allocation, strategies and
-//! the iteration schedule (cures-algorithm.md §2–§7). Pure: no tch, no network, no disk.
+//! the iteration schedule (docs/algorithm.md §2–§7). Pure: no tch, no network, no disk.
 //!
 //! [`Curriculum`] is what the training loop and `cures simulate` drive:
 //!

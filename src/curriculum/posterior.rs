@@ -1,4 +1,4 @@
-//! Beta posterior of every prompt's accuracy (cures-algorithm.md §2, Eq. 22–24).
+//! Beta posterior of every prompt's accuracy (docs/algorithm.md §2, Eq. 22–24).
 //!
 //! Struct-of-arrays so 10M prompts cost 32 bytes each and a step touches only the sampled
 //! prompts' entries.

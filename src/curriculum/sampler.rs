@@ -1,4 +1,4 @@
-//! Prompt sampling distribution ρ (cures-algorithm.md §3, Eq. 11–14) and exact weighted draws.
+//! Prompt sampling distribution ρ (docs/algorithm.md §3, Eq. 11–14) and exact weighted draws.
 //!
 //! ρ_i ∝ exp(√(p̂_i(1−p̂_i))/τ). Only the prompts observed in a step change their weight, so
 //! the weights live in a sum tree: a step costs O(m log N) to update and O(m log N) to draw,

@@ -1,4 +1,4 @@
-//! Strategies (cures-algorithm.md §7): each decides, from the posterior, how prompts are
+//! Strategies (docs/algorithm.md §7): each decides, from the posterior, how prompts are
 //! weighted for sampling and how a drawn batch's completion budget is split.
 
 use super::allocation::{

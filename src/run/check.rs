@@ -1,14 +1,17 @@
 //! `cures check`: what `cures run` would refuse, found before anything heavy loads — the
 //! datasets, the model directory (config, tokenizer, every weight file's header against the
-//! config) and the prompts that would be dropped as too long.
+//! config), stop token ids against the vocabulary, the prompts that would be dropped as too
+//! long and, with `--probe`, the inference servers ([`crate::rollout::probe`]).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::setup::{fit_prompts, load_dataset};
+use super::setup::{fit_prompts, load_dataset, ContextLimit};
 use crate::config::Config;
 use crate::policy::{weights, ModelConfig, Tokenizer};
+use crate::rollout::probe::Probe;
+use crate::rollout::EngineKind;
 
 /// What `cures check` found in the inputs.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,9 +29,44 @@ impl std::fmt::Display for InputCheck {
     }
 }
 
-/// Check the inputs `cures run` reads, as it reads them.
-pub fn check_inputs(cfg: &Config) -> Result<InputCheck> {
-    let mut lines = Vec::new();
+/// Ask the servers of an `openai` run what it needs (`None` for the embedded engine).
+pub fn probe_servers(cfg: &Config) -> Result<Option<Probe>> {
+    if cfg.rollout.engine != EngineKind::Openai {
+        return Ok(None);
+    }
+    crate::rollout::probe::probe(&cfg.rollout).map(Some)
+}
+
+/// Every `rollout.stop_token_ids` must be a token of the model (a stop id from another model's
+/// vocabulary would never stop a completion, or crash the server).
+pub fn check_stop_ids(cfg: &Config, vocab: i64, model_dir: &Path) -> Result<()> {
+    let bad: Vec<i64> = cfg
+        .rollout
+        .stop_token_ids
+        .iter()
+        .copied()
+        .filter(|&id| id < 0 || id >= vocab)
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "rollout.stop_token_ids: {bad:?} lie outside the vocabulary of {} ({vocab} tokens; \
+             ids 0..{}): they belong to another model (Qwen's <|im_end|> is 151645); the \
+             model's EOS ids always stop a completion, so drop them or use this model's ids",
+            model_dir.display(),
+            vocab - 1
+        );
+    }
+    Ok(())
+}
+
+/// Check the inputs `cures run` reads, as it reads them; with `probe`, also ask the inference
+/// servers (health, model name, context, the routes the sync needs).
+pub fn check_inputs(cfg: &Config, probe: bool) -> Result<InputCheck> {
+    let mut lines = cfg
+        .warnings()
+        .into_iter()
+        .map(|w| format!("warning: {w}"))
+        .collect::<Vec<_>>();
     let train = load_dataset(&cfg.data.train, cfg, false)
         .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
     for spec in &cfg.data.eval {
@@ -53,13 +91,23 @@ pub fn check_inputs(cfg: &Config) -> Result<InputCheck> {
         .and_then(|p| p.to_vec().first().copied());
     let tok = Tokenizer::load(dir, &model.eos_ids(), pad)
         .with_context(|| format!("model.path = {}", dir.display()))?;
+    check_stop_ids(cfg, model.vocab_size, dir)?;
+    let servers = if probe { probe_servers(cfg)? } else { None };
+    if let Some(p) = &servers {
+        lines.extend(p.lines(cfg.rollout.sync));
+    } else if probe {
+        lines.push("rollout.engine = \"embedded\": no servers to probe".into());
+    }
+    let context =
+        ContextLimit::of_model(model.max_position_embeddings).with_servers(servers.as_ref());
     let total = train.len();
-    let fit = fit_prompts(&tok, model.max_position_embeddings, cfg, train)?;
+    let fit = fit_prompts(&tok, &context, cfg, train)?;
     lines.insert(
         0,
         format!(
-            "data.train {}: {total} prompts, {} over {} tokens would be dropped",
-            cfg.data.train, fit.dropped, fit.limit
+            "data.train {}: {total} prompts, {} over {} tokens would be dropped (context {} \
+             tokens: {})",
+            cfg.data.train, fit.dropped, fit.limit, context.tokens, context.source
         ),
     );
     Ok(InputCheck { lines })

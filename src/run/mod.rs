@@ -47,7 +47,7 @@ pub use check::{check_inputs, InputCheck};
 pub use init::{init, InitRow, InitSummary};
 pub use setup::{
     device_of, encode_prompt, encode_with, eval_sets, evaluate, fit_prompts, load_dataset,
-    make_engine, make_sync, prompt_limit, TrainSet,
+    make_engine, make_sync, prompt_limit, ContextLimit, TrainSet,
 };
 use step::{seed_for, Prompts};
 
@@ -59,6 +59,9 @@ struct Counters {
     cum_completions: u64,
     cum_tokens: u64,
     cum_init_completions: u64,
+    /// Wall seconds of the steps of every process up to this checkpoint.
+    #[serde(default)]
+    wall_s: f64,
 }
 
 /// `state.json` of a checkpoint.
@@ -77,10 +80,19 @@ struct CheckpointState {
 pub struct RunSummary {
     /// Run directory.
     pub out: PathBuf,
-    /// Steps done.
+    /// The run's steps (all processes).
     pub steps: u64,
-    /// Training completions.
+    /// The run's training completions (all processes).
     pub completions: u64,
+    /// The step this process started from (0, or the checkpoint a resume continued).
+    pub resumed_from: u64,
+    /// Steps this process did.
+    pub steps_here: u64,
+    /// Training completions this process generated.
+    pub completions_here: u64,
+    /// Wall seconds of the run's steps, all processes (up to the last checkpoint of earlier
+    /// ones, plus this process's).
+    pub run_wall_s: f64,
     /// Pre-rollouts (stage-0 completions, not trained on).
     pub init_completions: u64,
     /// Training prompts dropped at load as longer than the context allows.
@@ -89,9 +101,10 @@ pub struct RunSummary {
     pub heldout_before: Option<f64>,
     /// Held-out accuracy after the last step.
     pub heldout_after: Option<f64>,
-    /// Wall seconds.
+    /// Wall seconds of this process.
     pub wall_s: f64,
-    /// Mean seconds per phase over the steps: init, sample, generate, reward, train, sync.
+    /// Mean seconds per phase over this process's steps: init, sample, generate, reward, train,
+    /// sync.
     pub phase_s: [f64; 6],
     /// What the run directory holds now (`steps.csv`, `checkpoints/`, ...).
     pub files: Vec<String>,
@@ -105,6 +118,8 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// Continue the run in `out` from its latest checkpoint.
     pub resume: bool,
+    /// Start afresh in `out` even when it holds a run (whose files are removed first).
+    pub overwrite: bool,
     /// No progress bars.
     pub quiet: bool,
 }
@@ -363,13 +378,13 @@ impl Models {
             .sum();
         let what = match opt.precision() {
             crate::train::Precision::Bf16Mixed if opt.has_masters() => format!(
-                "fp32 master weights, AdamW moments and gradient accumulator ({} B of master                  copy; {:.3} GiB of optimiser state in all) beside the {:?} compute weights",
+                "fp32 master weights, AdamW moments and gradient accumulator ({} B of master copy; {:.3} GiB of optimiser state in all) beside the {:?} compute weights",
                 params * 4,
                 gib(opt.state_bytes()),
                 self.policy.kind()
             ),
             crate::train::Precision::Pure => format!(
-                "weights, moments and updates in {:?} (no master copy; {:.3} GiB of optimiser                  state)",
+                "weights, moments and updates in {:?} (no master copy; {:.3} GiB of optimiser state)",
                 self.policy.kind(),
                 gib(opt.state_bytes())
             ),
@@ -404,6 +419,31 @@ impl Models {
         };
         let masters = if opt.has_masters() { params * 4 } else { 0 };
         params * width * copies + params * 2 * moment_width + masters
+    }
+
+    /// The start-up line that says what one checkpoint takes and how many are kept.
+    fn checkpoint_line(&self, cfg: &Config) -> Result<String> {
+        let one = self.checkpoint_estimate(parse_kind(&cfg.model.save_dtype)?);
+        let keep = cfg.run.keep_checkpoints;
+        let gb = |b: u64| b as f64 / 1e9;
+        let parts = if self.reference.is_some() {
+            "policy, reference, optimiser state"
+        } else {
+            "policy, optimiser state"
+        };
+        let when = match cfg.run.checkpoint_every {
+            0 => "at the end".to_string(),
+            k => format!("every {k} steps and at the end"),
+        };
+        let kept = format!(
+            "the last {keep} kept (run.keep_checkpoints): up to {:.2} GB",
+            gb(one * keep as u64)
+        );
+        Ok(format!(
+            "checkpoints: {:.2} GB each ({parts}; model.save_dtype = {}), {when}, {kept}",
+            gb(one),
+            cfg.model.save_dtype
+        ))
     }
 
     /// Write checkpoint `step_<N>` (see [`crate::rundir::write_checkpoint`]).
@@ -457,7 +497,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         .clone()
         .or_else(|| cfg.run.out.as_ref().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("results/runs").join(&cfg.name));
-    let mut rd = RunDir::open(&dir, opts.resume)?;
+    let start = match (opts.resume, opts.overwrite) {
+        (true, true) => anyhow::bail!("--resume and --overwrite exclude each other"),
+        (true, false) => crate::rundir::Start::Resume,
+        (false, true) => crate::rundir::Start::Overwrite,
+        (false, false) => crate::rundir::Start::Fresh,
+    };
+    let mut rd = RunDir::open(&dir, start)?;
     // Everything that can refuse the run is checked before the first step: the config against
     // the checkpoint, the data, the model, the servers.
     let saved = if opts.resume {
@@ -469,9 +515,20 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let raw = load_dataset(&cfg.data.train, &cfg, false)
         .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
     let evals = eval_sets(&cfg)?;
+    // The cheap checks of `cures check` and its probe, before the model loads.
+    let model_dir = Path::new(&cfg.model.path);
+    if let Ok(mc) = crate::policy::ModelConfig::load(model_dir) {
+        check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
+    }
+    let servers = check::probe_servers(&cfg)?;
+    let mut early = cfg.warnings();
+    if let Some(p) = &servers {
+        early.extend(p.lines(cfg.rollout.sync));
+    }
     let mut m = Models::load(&cfg, saved.as_ref())?;
-    let context = m.policy.config().max_position_embeddings;
-    let data = fit_prompts(m.policy.tokenizer(), context, &cfg, raw)?;
+    let context = ContextLimit::of_model(m.policy.config().max_position_embeddings)
+        .with_servers(servers.as_ref());
+    let data = fit_prompts(m.policy.tokenizer(), &context, &cfg, raw)?;
     let print = crate::rundir::dataset_fingerprint(&data.examples);
     let (mut cur, mut counters) = match saved {
         Some(s) => s.restore(&cfg, &print, &cfg.data.train)?,
@@ -504,7 +561,20 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let total = total_steps(&cfg);
     let bar = crate::metrics::progress_bar(total, "run", !opts.quiet);
     bar.set_position(counters.step);
+    if let Some(ck) = rd.latest()?.filter(|_| opts.resume) {
+        let line = format!(
+            "resumed from step {} of {total} ({}; {} completions so far)",
+            counters.step,
+            ck.display(),
+            counters.cum_completions
+        );
+        say(&bar, opts.quiet, line);
+    }
+    for w in early {
+        say(&bar, opts.quiet, w);
+    }
     say(&bar, opts.quiet, m.precision_line());
+    say(&bar, opts.quiet, m.checkpoint_line(&cfg)?);
     let eval_on = cfg.run.eval_every > 0 && !evals.is_empty();
     if eval_on && counters.step == 0 && logs.eval_rows.is_empty() {
         if let Some(a) = logs.evaluate(&m.policy, &cfg, &evals, 0, 0)? {
@@ -515,6 +585,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 
     let mut phase_sum = [0.0f64; 6];
     let steps_at_start = counters.step;
+    let completions_at_start = counters.cum_completions;
+    let wall_at_start = counters.wall_s;
+    let t_loop = Instant::now();
     while counters.step < total {
         let (row, lines) = train_step(
             &cfg,
@@ -549,6 +622,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             let rows = step::trace_rows(&cur, prompts.train, counters.step);
             logs.prompts.append(&rows)?;
         }
+        counters.wall_s = wall_at_start + t_loop.elapsed().as_secs_f64();
         if every(cfg.run.checkpoint_every) || last {
             m.save(&rd, &cfg, &cur, &counters, &print)?;
         }
@@ -560,6 +634,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         out: dir,
         steps: counters.step,
         completions: counters.cum_completions,
+        resumed_from: steps_at_start,
+        steps_here: counters.step - steps_at_start,
+        completions_here: counters.cum_completions - completions_at_start,
+        run_wall_s: wall_at_start + t_loop.elapsed().as_secs_f64(),
         init_completions: counters.cum_init_completions,
         dropped_prompts: data.dropped,
         heldout_before,

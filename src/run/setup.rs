@@ -157,23 +157,61 @@ pub struct TrainSet {
     pub limit: usize,
 }
 
-/// The longest prompt a completion of `rollout.max_tokens` still fits after:
-/// `data.max_prompt_tokens`, or the model's context minus `rollout.max_tokens`.
-pub fn prompt_limit(cfg: &Config, context: i64) -> Result<usize> {
-    let context = usize::try_from(context).unwrap_or(0);
-    let room = context.saturating_sub(cfg.rollout.max_tokens);
-    if cfg.data.max_prompt_tokens > 0 {
-        return Ok(cfg.data.max_prompt_tokens);
+/// The context a prompt and its completion must fit together, and where the figure comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextLimit {
+    /// Tokens.
+    pub tokens: i64,
+    /// What sets it, for messages.
+    pub source: String,
+}
+
+impl ContextLimit {
+    /// The model's own context (`max_position_embeddings`).
+    pub fn of_model(tokens: i64) -> Self {
+        Self {
+            tokens,
+            source: "the model's max_position_embeddings".into(),
+        }
     }
+
+    /// The smaller of this and the servers' `max_model_len` (a server may run with a shorter
+    /// context than the model's, e.g. `--max-model-len 2048`).
+    pub fn with_servers(self, probe: Option<&crate::rollout::probe::Probe>) -> Self {
+        match probe.and_then(|p| p.context()) {
+            Some(c) if c < self.tokens => Self {
+                tokens: c,
+                source: "the servers' max_model_len (GET /v1/models)".into(),
+            },
+            _ => self,
+        }
+    }
+}
+
+/// The longest prompt a completion of `rollout.max_tokens` still fits after:
+/// `data.max_prompt_tokens`, or the context minus `rollout.max_tokens`. A
+/// `data.max_prompt_tokens` the context cannot hold is refused.
+pub fn prompt_limit(cfg: &Config, context: &ContextLimit) -> Result<usize> {
+    let tokens = usize::try_from(context.tokens).unwrap_or(0);
+    let room = tokens.saturating_sub(cfg.rollout.max_tokens);
     if room == 0 {
         bail!(
-            "rollout.max_tokens = {} leaves no room for a prompt in the model's context of {} \
-             tokens (max_position_embeddings): lower rollout.max_tokens",
+            "rollout.max_tokens = {} leaves no room for a prompt in a context of {tokens} tokens \
+             ({}): lower rollout.max_tokens",
             cfg.rollout.max_tokens,
-            context
+            context.source
         );
     }
-    Ok(room)
+    match cfg.data.max_prompt_tokens {
+        0 => Ok(room),
+        m if m <= room => Ok(m),
+        m => bail!(
+            "data.max_prompt_tokens = {m} plus rollout.max_tokens = {} exceeds the context of \
+             {tokens} tokens ({}): lower one of them to at most {room} prompt tokens",
+            cfg.rollout.max_tokens,
+            context.source
+        ),
+    }
 }
 
 /// Encode the training prompts and drop (and count) those over [`prompt_limit`]. A problem
@@ -181,7 +219,7 @@ pub fn prompt_limit(cfg: &Config, context: i64) -> Result<usize> {
 /// costs no memory.
 pub fn fit_prompts(
     tok: &Tokenizer,
-    context: i64,
+    context: &ContextLimit,
     cfg: &Config,
     examples: Vec<Example>,
 ) -> Result<TrainSet> {

@@ -37,33 +37,99 @@ pub struct RunDir {
     remove_on_drop: bool,
 }
 
+/// How `cures run` starts in its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: refused when the directory already holds one (rows, a config, a checkpoint).
+    Fresh,
+    /// Continue from the latest checkpoint (`--resume`).
+    Resume,
+    /// A new run in place of whatever run the directory holds (`--overwrite`: its files are
+    /// removed first).
+    Overwrite,
+}
+
+/// What a run writes into its directory (files and folders), and so what `--overwrite` removes.
+const RUN_ENTRIES: &[&str] = &[
+    "config.toml",
+    "steps.csv",
+    "eval.csv",
+    "prompts.csv",
+    "rollouts.jsonl",
+    "resumes.jsonl",
+    "checkpoints",
+    "tensorboard",
+    "sync",
+];
+
 impl RunDir {
-    /// Open `dir` for a fresh run (`resume = false`: refused when it already holds one) or for a
-    /// resume, creating it when missing, and remove what killed processes left behind.
-    pub fn open(dir: &Path, resume: bool) -> Result<RunDir> {
+    /// Open `dir` for `start`, creating it when missing, and remove what killed processes left
+    /// behind. A fresh start into a directory that holds a run is refused, also one that crashed
+    /// before its first checkpoint (its rows and `eval.csv` would be silently mixed into the new
+    /// run's).
+    pub fn open(dir: &Path, start: Start) -> Result<RunDir> {
         let latest = dir.join("checkpoints").join("latest");
-        if !resume && latest.exists() {
-            bail!(
-                "{} already holds a run: continue it with --resume, or choose another --out",
-                dir.display()
-            );
-        }
-        if resume && !latest.exists() {
-            bail!(
-                "--resume: {} has no checkpoint (no {})",
-                dir.display(),
-                latest.display()
-            );
-        }
         let existed = dir.exists();
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let rd = RunDir {
+        let mut rd = RunDir {
             dir: dir.to_path_buf(),
-            remove_on_drop: !existed,
+            remove_on_drop: false,
         };
+        // First, so that a killed writer's temporary files do not count as a run.
         for p in rd.clean_orphans()? {
             tracing::info!("removed {} (left by an interrupted process)", p.display());
         }
+        match start {
+            Start::Fresh => {
+                let held = run_files(dir);
+                if !held.is_empty() {
+                    let how = if latest.exists() {
+                        "continue it with --resume, start it again with --overwrite (which \
+                         deletes them)"
+                    } else {
+                        "it has no checkpoint to resume from (it stopped before the first): \
+                         start again with --overwrite (which deletes them)"
+                    };
+                    bail!(
+                        "{} already holds a run ({}): {how}, or choose another --out",
+                        dir.display(),
+                        held.join(", ")
+                    );
+                }
+            }
+            Start::Resume if !latest.exists() => bail!(
+                "--resume: {} has no checkpoint (no {}){}",
+                dir.display(),
+                latest.display(),
+                if run_files(dir).is_empty() {
+                    String::new()
+                } else {
+                    ": the run stopped before its first checkpoint; start it again with \
+                     --overwrite"
+                        .to_string()
+                }
+            ),
+            Start::Resume => {}
+            Start::Overwrite => {
+                for name in RUN_ENTRIES
+                    .iter()
+                    .copied()
+                    .chain(config_copies(dir).iter().map(String::as_str))
+                {
+                    let p = dir.join(name);
+                    let r = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else if p.exists() {
+                        std::fs::remove_file(&p)
+                    } else {
+                        continue;
+                    };
+                    r.with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+                    tracing::info!("--overwrite: removed {}", p.display());
+                }
+            }
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        rd.remove_on_drop = !existed;
         Ok(rd)
     }
 
@@ -167,6 +233,37 @@ impl Drop for RunDir {
     }
 }
 
+/// The run files `dir` holds (empty files and folders do not count).
+fn run_files(dir: &Path) -> Vec<String> {
+    RUN_ENTRIES
+        .iter()
+        .map(|n| n.to_string())
+        .chain(config_copies(dir))
+        .filter(|n| {
+            let p = dir.join(n);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_some()),
+                Ok(m) => m.len() > 0,
+                Err(_) => false,
+            }
+        })
+        .collect()
+}
+
+/// `config.resume-step<N>.toml` files in `dir`.
+fn config_copies(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("config.resume-step") && n.ends_with(".toml"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// The process id in the name of a temporary file or directory this crate writes:
 /// `.step_0000005.tmp1234` (checkpoints), `steps.csv.1234.tmp` (atomic files),
 /// `.v3.tmp-1234` (sync and HF writers).
@@ -223,9 +320,9 @@ mod tests {
         std::fs::write(run.join("steps.csv.4999998.tmp"), b"half").expect("write");
         let mine = ck.join(format!(".step_0000003.tmp{}", std::process::id()));
         std::fs::create_dir_all(&mine).expect("mkdir");
-        let live = ck.join(".step_0000002.tmp1"); // pid 1 is always alive
-        std::fs::create_dir_all(&live).expect("mkdir");
-        let rd = RunDir::open(&run, false).expect("open");
+        let live = run.join("steps.csv.1.tmp"); // pid 1 is always alive
+        std::fs::write(&live, b"being written").expect("write");
+        let rd = RunDir::open(&run, Start::Fresh).expect("open");
         assert!(!dead.exists() && !run.join("steps.csv.4999998.tmp").exists());
         assert!(!mine.exists(), "a temp of this very pid is stale");
         assert!(live.exists(), "a live process's temp stays");
@@ -238,17 +335,63 @@ mod tests {
         let t = tempfile::tempdir().expect("tempdir");
         let run = t.path().join("fresh");
         {
-            let _rd = RunDir::open(&run, false).expect("open");
+            let _rd = RunDir::open(&run, Start::Fresh).expect("open");
             assert!(run.exists());
         }
         assert!(!run.exists(), "dropped before keep(): removed");
         {
-            let mut rd = RunDir::open(&run, false).expect("open");
+            let mut rd = RunDir::open(&run, Start::Fresh).expect("open");
             rd.keep();
         }
         assert!(run.exists(), "kept");
-        let e = RunDir::open(&t.path().join("nothing"), true).unwrap_err();
+        let e = RunDir::open(&t.path().join("nothing"), Start::Resume).unwrap_err();
         assert!(format!("{e:#}").contains("has no checkpoint"), "{e:#}");
         assert!(!t.path().join("nothing").exists());
+    }
+
+    #[test]
+    fn a_used_directory_is_refused_unless_resumed_or_overwritten() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let run = t.path().join("run");
+        // A crash before the first checkpoint: rows and an eval.csv, no checkpoint.
+        std::fs::create_dir_all(&run).expect("mkdir");
+        std::fs::write(run.join("steps.csv"), b"step,loss\n1,0.5\n").expect("write");
+        std::fs::write(run.join("eval.csv"), b"step,accuracy\n0,0.3\n").expect("write");
+        std::fs::write(run.join("config.resume-step4.toml"), b"name = 'x'\n").expect("write");
+        std::fs::write(run.join("notes.txt"), b"mine").expect("write");
+        let e = format!("{:#}", RunDir::open(&run, Start::Fresh).unwrap_err());
+        assert!(e.contains("already holds a run"), "{e}");
+        assert!(e.contains("steps.csv") && e.contains("eval.csv"), "{e}");
+        assert!(
+            e.contains("no checkpoint") && e.contains("--overwrite"),
+            "{e}"
+        );
+        let e = format!("{:#}", RunDir::open(&run, Start::Resume).unwrap_err());
+        assert!(e.contains("before its first checkpoint"), "{e}");
+        assert!(run.join("steps.csv").exists(), "a refusal deletes nothing");
+        // With a checkpoint the advice is --resume.
+        std::fs::create_dir_all(run.join("checkpoints")).expect("mkdir");
+        std::fs::write(run.join("checkpoints/latest"), b"step_0000001").expect("write");
+        let e = format!("{:#}", RunDir::open(&run, Start::Fresh).unwrap_err());
+        assert!(e.contains("--resume"), "{e}");
+        let mut rd = RunDir::open(&run, Start::Overwrite).expect("overwrite");
+        rd.keep();
+        for gone in [
+            "steps.csv",
+            "eval.csv",
+            "checkpoints",
+            "config.resume-step4.toml",
+        ] {
+            assert!(!run.join(gone).exists(), "{gone} removed");
+        }
+        assert!(
+            run.join("notes.txt").exists(),
+            "files that are not the run's stay"
+        );
+        drop(rd);
+        // Empty leftovers (a header-less log, an empty folder) do not count as a run.
+        std::fs::write(run.join("steps.csv"), b"").expect("write");
+        std::fs::create_dir_all(run.join("tensorboard")).expect("mkdir");
+        RunDir::open(&run, Start::Fresh).expect("an empty start is no run");
     }
 }

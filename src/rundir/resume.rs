@@ -107,6 +107,7 @@ const SAFE_KEYS: &[&str] = &[
     "rollout.request_timeout_s",
     "rollout.progress_timeout_s",
     "rollout.stream",
+    "rollout.seed_requests",
     "rollout.max_retries",
     "rollout.backoff_ms",
     "rollout.backoff_max_ms",

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One row of `steps.csv` (cures-algorithm.md §9).
+/// One row of `steps.csv` (docs/algorithm.md §9).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepRow {
     /// Step (1-based: the number of updates applied after it).

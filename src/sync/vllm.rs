@@ -1,4 +1,4 @@
-//! vLLM weight sync (see `serving-protocols.md`):
+//! vLLM weight sync (see `docs/serving.md`):
 //!
 //! - [`VllmFullSync`]: full weights from disk on a server started with `VLLM_SERVER_DEV_MODE=1`:
 //!   write an HF checkpoint to a fresh directory, then per server `POST /pause?mode=wait` →

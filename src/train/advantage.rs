@@ -1,4 +1,4 @@
-//! Per-completion advantages (cures-algorithm.md §5), broadcast over each completion's tokens by
+//! Per-completion advantages (docs/algorithm.md §5), broadcast over each completion's tokens by
 //! the loss. Pure: no tch. Every estimator is valid for groups of unequal size.
 
 use serde::{Deserialize, Serialize};

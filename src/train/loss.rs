@@ -1,4 +1,4 @@
-//! The policy loss (cures-algorithm.md §5): token-level PPO clipped surrogate with dual clip for
+//! The policy loss (docs/algorithm.md §5): token-level PPO clipped surrogate with dual clip for
 //! negative advantages, plus a k3 KL penalty to the reference policy.
 
 use serde::{Deserialize, Serialize};

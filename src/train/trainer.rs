@@ -1,4 +1,4 @@
-//! The policy update of one step (cures-algorithm.md §5): old log-probs recomputed with the
+//! The policy update of one step (docs/algorithm.md §5): old log-probs recomputed with the
 //! trainer's weights, reference log-probs from the iteration's reference policy, one epoch over
 //! the step's completions in mini-batches (one optimiser step each), micro-batches by token budget
 //! with exact gradient accumulation (token-mean over the mini-batch), grad-norm clipping, AdamW.
@@ -420,7 +420,7 @@ pub struct GradRollout<'a> {
 }
 
 /// Per-class statistics of G = ∇ log π(y|x) (summed over completion tokens) with respect to the
-/// parameters named by `prefixes`, over one prompt's rollouts (cures-algorithm.md §4, Eq. 21):
+/// parameters named by `prefixes`, over one prompt's rollouts (docs/algorithm.md §4, Eq. 21):
 /// E‖G‖² per class and ‖E₁[G] − E₀[G]‖² when both classes are present.
 pub fn gradient_class_stats(
     policy: &Policy,

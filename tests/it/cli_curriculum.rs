@@ -116,6 +116,59 @@ fn bad_configs_fail_with_the_key_and_reason() {
         "{}",
         stderr(&o)
     );
+    // A stop id outside the model's vocabulary (Qwen's <|im_end|> on a small vocabulary).
+    let o = cures(&[
+        "check",
+        "--config",
+        "configs/demo.toml",
+        "--set",
+        "rollout.stop_token_ids=[151645]",
+    ]);
+    assert!(!o.status.success(), "a foreign stop id was accepted");
+    assert!(
+        stderr(&o).contains("rollout.stop_token_ids: [151645]")
+            && stderr(&o).contains("assets/testbed-policy"),
+        "{}",
+        stderr(&o)
+    );
+    // n_max above the budget: valid (the cap can't bind) but said, also with --config-only.
+    for extra in [&[][..], &["--config-only"][..]] {
+        let mut args = vec!["check", "--config", "configs/demo.toml"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--set", "batch.budget=48", "--set", "batch.prompts=4"]);
+        let o = cures(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("# warning: curriculum.n_max = 64 exceeds batch.budget = 48")
+                && out.contains("more than 42 rollouts"),
+            "{extra:?}: {out}"
+        );
+    }
+    // --probe: the embedded engine has no servers; a stopped server is named with the fix.
+    let o = cures(&["check", "--config", "configs/demo.toml", "--probe"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no servers to probe"));
+    let port = crate::support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let o = cures(&[
+        "check",
+        "--config",
+        "configs/demo.toml",
+        "--probe",
+        "--set",
+        "rollout.engine=openai",
+        "--set",
+        &format!("rollout.endpoints=[{{url = \"{url}\", model = \"policy\"}}]"),
+    ]);
+    assert!(!o.status.success(), "a stopped server passed the probe");
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("rollout.endpoints[0] {url}: no server answers"))
+            && e.contains("scripts/serve-vllm.sh"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
     // --set errors, on any command.
     let o = cures(&["simulate", "--set", "curriculum.tau=0", "--quiet"]);
     assert!(!o.status.success());

@@ -1,4 +1,4 @@
-//! Property tests of the curriculum engine (cures-algorithm.md §2–§4).
+//! Property tests of the curriculum engine (docs/algorithm.md §2–§4).
 
 use cures::config::PEstimate;
 use cures::config::{Config, IterationMode, Replacement, StrategyKind};

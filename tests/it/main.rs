@@ -24,6 +24,7 @@ mod policy_chat;
 mod policy_load;
 mod policy_parity;
 mod policy_smollm2;
+mod repo_refs;
 mod reward_cli;
 mod reward_fuzz;
 mod reward_peer;

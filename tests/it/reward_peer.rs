@@ -1,5 +1,5 @@
 //! The peer suite: 262 answer-equivalence cases from Math-Verify's tests
-//! (`../shared/data/reward/math_verify_cases.jsonl`, see its README). We run them with every
+//! (`tests/data/math_verify/math_verify_cases.jsonl`, see its README). We run them with every
 //! extraction fallback on (Math-Verify extracts from both sides with its default targets),
 //! print the agreement overall and per category, require >= 95 %, and require the
 //! disagreements to be exactly those listed (with reasons) in
@@ -11,7 +11,7 @@ use std::path::Path;
 use cures::reward::{score, RewardConfig};
 
 fn cases_path() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/reward/math_verify_cases.jsonl")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/math_verify/math_verify_cases.jsonl")
 }
 
 #[test]
@@ -21,7 +21,7 @@ fn math_verify_peer_suite() {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "the peer suite {} is missing ({e}): it is required (see \
-             shared/data/reward/README.md), this test does not skip",
+             tests/data/math_verify/README.md), this test does not skip",
             path.display()
         )
     });

@@ -229,6 +229,70 @@ fn short_run_writes_consistent_csvs() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
+/// A fresh start into a directory that holds a run is refused (also after a crash before the
+/// first checkpoint), `--overwrite` starts clean, a resume says where it continues and the
+/// summary keeps this process's figures apart from the run's.
+#[test]
+fn a_used_run_directory_is_refused_overwritten_or_resumed() {
+    let _serial = crate::support::serial();
+    let model = policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("run");
+    let o = out.to_str().expect("utf8");
+    let first = run_with(small_run_args(model, o, "2"));
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(text.contains("this process: 2 steps"), "{text}");
+    // Same command again: refused, nothing touched.
+    let before = std::fs::read(out.join("steps.csv")).expect("steps.csv");
+    let e = cures_fails(&small_run_args(model, o, "2"));
+    assert!(
+        e.contains("already holds a run") && e.contains("--resume"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("steps.csv")).expect("steps.csv"),
+        before
+    );
+    // A resume to step 4 says where it continues; the summary splits process and run.
+    let mut args = small_run_args(model, o, "4");
+    args.retain(|a| a != "--quiet");
+    args.push("--resume".into());
+    let resumed = run_with(args);
+    let (so, se) = (
+        String::from_utf8_lossy(&resumed.stdout),
+        String::from_utf8_lossy(&resumed.stderr),
+    );
+    assert!(se.contains("resumed from step 2 of 4"), "{se}");
+    assert!(
+        se.contains("checkpoints:") && se.contains("GB each"),
+        "{se}"
+    );
+    assert!(
+        so.contains("this process (resumed at step 2): 2 steps") && so.contains("the run: 4 steps"),
+        "{so}"
+    );
+    // A crash before the first checkpoint: rows, an eval.csv, no checkpoint.
+    std::fs::remove_dir_all(out.join("checkpoints")).expect("rm checkpoints");
+    let e = cures_fails(&small_run_args(model, o, "2"));
+    assert!(
+        e.contains("no checkpoint to resume from") && e.contains("--overwrite"),
+        "{e}"
+    );
+    let mut args = small_run_args(model, o, "2");
+    args.push("--resume".into());
+    let e = cures_fails(&args);
+    assert!(e.contains("before its first checkpoint"), "{e}");
+    // --overwrite starts clean: 2 rows, the baseline evaluation again.
+    let mut args = small_run_args(model, o, "2");
+    args.push("--overwrite".into());
+    run_with(args);
+    let (_, rows) = read_csv(&out.join("steps.csv"));
+    assert_eq!(rows.len(), 2);
+    let (head, evals) = read_csv(&out.join("eval.csv"));
+    let step = head.iter().position(|h| h == "step").expect("step column");
+    assert_eq!(evals[0][step], "0", "the baseline evaluation ran again");
+}
+
 #[test]
 fn resume_is_exact() {
     let _serial = crate::support::serial();

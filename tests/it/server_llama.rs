@@ -248,6 +248,7 @@ fn a_prompt_the_server_refuses_sits_the_step_out_and_the_run_goes_on() {
         config,
         out: Some(out.clone()),
         resume: false,
+        overwrite: false,
         quiet: true,
     })
     .unwrap_or_else(|e| panic!("the run must go on past a refused prompt: {e:#}"));

@@ -213,3 +213,273 @@ fn vllm_cpu_contract() {
     assert_eq!(info["weight_version"], serde_json::json!("2"));
     drop(srv);
 }
+
+/// The README's "First run against a server" block: its three commands, in order.
+fn readme_first_run() -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## First run against a server")
+        .nth(1)
+        .expect("README has a \"First run against a server\" section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh code block in that section");
+    block
+        .lines()
+        .map(|l| l.split("  #").next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// `cures check --probe` with `args`: (exit success, stdout + stderr).
+fn check_probe(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .arg("--probe")
+        .args(args)
+        .output()
+        .expect("cures check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The README's first server run, as written: fetch, serve (on a free port instead of 8000),
+/// run (the test's build of `cures` for `cargo run --release --`, a copy of the config with
+/// that port, its own --out, 3 steps). Around it: more than the server's batched-token budget
+/// of seeded prompt tokens in flight (the vLLM-CPU chunked-prefill crash), `check --probe`
+/// against this server, a stopped one, another model name and a server without dev mode, and
+/// a fresh start into the used run directory.
+#[test]
+fn vllm_first_run_from_the_readme() {
+    let _serial = crate::support::serial();
+    let Some(_) = env() else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cmds = readme_first_run();
+    assert_eq!(cmds.len(), 3, "three commands: {cmds:?}");
+
+    // 1. fetch (idempotent: the test setup already fetched and installed).
+    let st = Command::new("bash")
+        .arg("-c")
+        .arg(&cmds[0])
+        .current_dir(&root)
+        .status()
+        .expect("fetch");
+    assert!(st.success(), "{}", cmds[0]);
+    assert!(root
+        .join("models/smollm2-135m-instruct/config.json")
+        .exists());
+
+    // 2. serve, on a free port.
+    assert!(cmds[1].contains(" 8000"), "{}", cmds[1]);
+    let port = crate::support::free_port();
+    let serve = cmds[1].replace(" 8000", &format!(" {port}"));
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("exec {serve}"))
+        .current_dir(&root);
+    let t0 = Instant::now();
+    let srv = ServerProc::start(
+        cmd,
+        port,
+        &tmp.path().join("vllm.log"),
+        Duration::from_secs(600),
+    );
+    eprintln!("vLLM up in {:.1} s", t0.elapsed().as_secs_f64());
+    let url = srv.url("");
+    let config_text = std::fs::read_to_string(root.join("configs/smollm2-vllm.toml"))
+        .expect("configs/smollm2-vllm.toml");
+    assert!(config_text.contains("http://127.0.0.1:8000"));
+    let config = tmp.path().join("smollm2-vllm.toml");
+    std::fs::write(&config, config_text.replace("http://127.0.0.1:8000", &url))
+        .expect("write config");
+
+    // More seeded prompt tokens in flight than one scheduler step takes (serve-vllm.sh: 8192 on
+    // a CPU; vLLM's default 2048 crashed here): 64 requests x 160 tokens, n = 2.
+    let policy = Policy::load(
+        &root.join("models/smollm2-135m-instruct"),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .expect("policy");
+    let rcfg = RolloutConfig {
+        engine: EngineKind::Openai,
+        endpoints: vec![EndpointConfig {
+            model: "policy".into(),
+            ..EndpointConfig::new(&url)
+        }],
+        max_tokens: 4,
+        max_concurrency: 64,
+        ..RolloutConfig::default()
+    };
+    let mut engine = OpenAiEngine::new(&rcfg, Some(policy.tokenizer().clone())).expect("engine");
+    let reqs: Vec<cures::rollout::RolloutRequest> = (0..64i64)
+        .map(|k| cures::rollout::RolloutRequest {
+            prompt_ids: (0..160).map(|j| 1000 + (k * 7 + j * 13) % 20000).collect(),
+            n: 2,
+            seed: 100 + k as u64,
+        })
+        .collect();
+    let t = Instant::now();
+    let comps = cures::rollout::RolloutEngine::generate(&mut engine, &reqs, &rcfg)
+        .expect("64 seeded requests of 160 prompt tokens");
+    let stats = cures::rollout::RolloutEngine::last_stats(&engine);
+    eprintln!(
+        "{} completions of 64 x 160-token seeded prompts in {:.1} s; peak {} requests in flight",
+        comps.len(),
+        t.elapsed().as_secs_f64(),
+        stats.peak_in_flight
+    );
+    assert_eq!(comps.len(), 128);
+    assert!(
+        stats.peak_in_flight * 160 > 8192,
+        "more prompt tokens in flight than one step's budget: peak {}",
+        stats.peak_in_flight
+    );
+    assert_eq!(stats.retries, 0, "no request failed");
+    assert_eq!(
+        crate::support::http_get_status(&srv.url("/health")),
+        Some(200)
+    );
+    drop(engine);
+
+    // check --probe: this server passes; the others are refused, each with its own message.
+    let (ok, text) = check_probe(&config, &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("healthy") && text.contains("max_model_len 2048"),
+        "{text}"
+    );
+    assert!(
+        text.contains("context 2048 tokens"),
+        "prompt limit from the server: {text}"
+    );
+    let stopped = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let (ok, text) = check_probe(
+        &config,
+        &[
+            "--set",
+            &format!("rollout.endpoints=[{{url = \"{stopped}\", model = \"policy\"}}]"),
+        ],
+    );
+    assert!(
+        !ok && text.contains(&stopped) && text.contains("no server answers"),
+        "{text}"
+    );
+    let (ok, text) = check_probe(
+        &config,
+        &[
+            "--set",
+            &format!("rollout.endpoints=[{{url = \"{url}\", model = \"smol\"}}]"),
+        ],
+    );
+    assert!(
+        !ok && text.contains(&url) && text.contains("not \"smol\"") && text.contains("SERVED_NAME"),
+        "{text}"
+    );
+
+    // 3. run, 3 steps: every publish written, reloaded and verified by the probe.
+    assert!(
+        cmds[2].starts_with("cargo run --release -- "),
+        "{}",
+        cmds[2]
+    );
+    let out = tmp.path().join("run");
+    let run_args = cmds[2]
+        .trim_start_matches("cargo run --release -- ")
+        .replace("configs/smollm2-vllm.toml", &config.display().to_string());
+    let run = |extra: &[&str]| {
+        let t = Instant::now();
+        let o = Command::new(env!("CARGO_BIN_EXE_cures"))
+            .current_dir(&root)
+            .args(run_args.split_whitespace())
+            .arg("--out")
+            .arg(&out)
+            .args(["--set", "run.steps=3"])
+            .args(extra)
+            .output()
+            .expect("cures run");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text, t.elapsed().as_secs_f64())
+    };
+    let (ok, text, secs) = run(&["--quiet"]);
+    assert!(ok, "{text}");
+    eprintln!("README run (3 steps) in {secs:.1} s:\n{text}");
+    assert!(text.contains("this process: 3 steps"), "{text}");
+    let rows =
+        cures::rundir::read_csv::<cures::run::StepRow>(&out.join("steps.csv")).expect("rows");
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert!(
+            r.sync_write_s > 0.0 && r.sync_load_s > 0.0 && r.sync_verify_s > 0.0,
+            "step {} published and verified: {r:?}",
+            r.step
+        );
+        assert_eq!(r.weight_version, r.step);
+    }
+    let admin = Admin::new(
+        &[EndpointConfig {
+            model: "policy".into(),
+            ..EndpointConfig::new(&url)
+        }],
+        Duration::from_secs(30),
+    )
+    .expect("admin");
+    let info = admin
+        .get_ok(&admin.targets[0], "/weight_info")
+        .expect("weight_info");
+    assert_eq!(info["weight_version"], serde_json::json!("3"));
+    // A fresh start into the used directory is refused before anything runs.
+    let (ok, text, _) = run(&["--quiet"]);
+    assert!(
+        !ok && text.contains("already holds a run") && text.contains("--resume"),
+        "{text}"
+    );
+    drop(srv);
+
+    // The same server without dev mode: vllm_full is refused before the run.
+    let port = crate::support::free_port();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec {}",
+            cmds[1].replace(" 8000", &format!(" {port}"))
+        ))
+        .env("VLLM_SERVER_DEV_MODE", "0")
+        .current_dir(&root);
+    let plain = ServerProc::start(
+        cmd,
+        port,
+        &tmp.path().join("vllm-plain.log"),
+        Duration::from_secs(600),
+    );
+    let (ok, text) = check_probe(
+        &config,
+        &[
+            "--set",
+            &format!(
+                "rollout.endpoints=[{{url = \"{}\", model = \"policy\"}}]",
+                plain.url("")
+            ),
+        ],
+    );
+    assert!(
+        !ok && text.contains(&plain.url("")) && text.contains("VLLM_SERVER_DEV_MODE=1"),
+        "{text}"
+    );
+    drop(plain);
+}

@@ -107,6 +107,7 @@ pub fn short_run(model: &Path, url: &str, sync: &str, out: &Path) -> String {
         config,
         out: Some(out.to_path_buf()),
         resume: false,
+        overwrite: false,
         quiet: true,
     })
     .unwrap_or_else(|e| panic!("cures run with {sync}: {e:#}"));
