@@ -582,7 +582,7 @@ impl Shared {
             let mut a = self.abort.lock().unwrap_or_else(|p| p.into_inner());
             if a.is_none() {
                 *a = Some(format!(
-                    "{k} requests in a row failed over all endpoints (rollout.max_consecutive_failures = {}); the last: {msg}. The servers accept connections but do not complete requests: check their logs",
+                    "{k} requests in a row failed over all endpoints (rollout.max_consecutive_failures = {}); the last: {msg}",
                     self.opts.max_consecutive
                 ));
             }
@@ -1109,6 +1109,30 @@ impl OpenAiEngine {
     }
 }
 
+/// What `GET /health` says now of every endpoint, for the error that ends a step: a server that
+/// exited (connection refused) reads differently from one that is up but fails completions.
+async fn health_now(shared: &Shared) -> String {
+    let mut parts = Vec::new();
+    for ep in &shared.endpoints {
+        parts.push(match probe(&shared.probe_client, ep).await {
+            Ok(()) => format!(
+                "{} answers /health but does not complete requests: see its log",
+                ep.base
+            ),
+            Err(ProbeError::Unreachable(e)) => format!(
+                "{} no longer answers ({e}): the server exited or was stopped; see its log \
+                 (on vLLM-CPU, `CPU Generator does not use offset` is the chunked-prefill crash \
+                 docs/serving.md describes), restart it, then continue with `cures run --resume`",
+                ep.base
+            ),
+            Err(ProbeError::Unhealthy(e)) => {
+                format!("{} is up but unhealthy ({e}): see its log", ep.base)
+            }
+        });
+    }
+    format!("GET /health now: {}", parts.join("; "))
+}
+
 async fn first_model(client: &reqwest::Client, ep: &Endpoint) -> Result<String> {
     let url = format!("{}/v1/models", ep.base);
     let mut rb = client.get(&url);
@@ -1193,7 +1217,11 @@ impl RolloutEngine for OpenAiEngine {
                         "request {i} (n = {asked}): {}; more than half of the step's {live} requests were refused, so this is not one bad prompt: check rollout.max_tokens against the server's context (--max-model-len) and the request fields",
                         f.msg
                     ),
-                    Err(f) => bail!("request {i} (n = {asked}): {}", f.msg),
+                    Err(f) => bail!(
+                        "request {i} (n = {asked}): {}; {}",
+                        f.msg,
+                        health_now(&shared).await
+                    ),
                 };
                 self.stats.retries += reply.retries;
                 self.stats.requests += reply.retries;

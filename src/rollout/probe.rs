@@ -160,14 +160,16 @@ fn probe_one(admin: &Admin, t: &Target, cfg: &RolloutConfig) -> Result<ServerInf
             "GET /v1/models lists no model ({body}): is the server still loading?"
         ));
     };
-    // `vllm_lora` requests name the adapter, which the first publish loads.
-    let adapter = cfg.sync == SyncKind::VllmLora && t.model == cfg.lora_name;
+    // `vllm_lora` requests name the adapter, which the first publish loads. SGLang answers any
+    // model name, and lists as its name the path of the last disk reload (`sglang_full`).
+    let unchecked = (cfg.sync == SyncKind::VllmLora && t.model == cfg.lora_name)
+        || cfg.sync == SyncKind::SglangFull;
     let model = if t.model.is_empty() {
         first.clone()
     } else {
         t.model.clone()
     };
-    if !adapter && !served.contains(&model) {
+    if !unchecked && !served.contains(&model) {
         return Err(format!(
             "serves {served:?}, not {model:?}: set this endpoint's model = {first:?}, or start \
              the server with --served-model-name {model} (scripts/serve-vllm.sh: \

