@@ -11,6 +11,7 @@ pub mod config;
 pub mod curriculum;
 pub mod data;
 pub mod eval;
+pub mod fault;
 pub mod metrics;
 pub mod plot;
 pub mod policy;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use cures::config::{Config, StrategyKind};
+use cures::fault::{self, Phase};
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +19,10 @@ struct Cli {
     /// Override a config key, e.g. --set curriculum.tau=0.2 (repeatable; applies to every command).
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     set: Vec<String>,
+    /// Errors from libtorch carry its whole message (with its C++ backtrace), as with
+    /// RUST_BACKTRACE=1.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -340,7 +345,11 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", c.to_toml());
         }
         Command::Simulate(args) => simulate(args, &cli.set)?,
-        Command::Generate(args) => cures::policy::cli::generate(&args)?,
+        Command::Generate(args) => fault::scope(
+            Phase::Generate,
+            || "cures generate".into(),
+            || cures::policy::cli::generate(&args),
+        )?,
         Command::Diff(args) => cures::policy::diff::run(&args)?,
         Command::Bench(BenchCommand::TrainStep {
             batch,
@@ -399,7 +408,11 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
         } => {
             let cfg = load_config(config.as_ref(), &cli.set)?;
-            let r = cures::sft::sft(&cfg, out.as_deref(), quiet || json)?;
+            let r = fault::scope(
+                Phase::Update,
+                || "cures sft".into(),
+                || cures::sft::sft(&cfg, out.as_deref(), quiet || json),
+            )?;
             println!(
                 "warm-started a {}-parameter policy on {} examples in {:.0} s (final loss {:.4}); wrote {}",
                 r.params, r.examples, r.wall_s, r.final_loss, r.out.display()
@@ -418,7 +431,11 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
         } => {
             let cfg = load_config(config.as_ref(), &cli.set)?;
-            let s = cures::run::init(&cfg, &out, quiet || json)?;
+            let s = fault::scope(
+                Phase::Generate,
+                || "cures init".into(),
+                || cures::run::init(&cfg, &out, quiet || json),
+            )?;
             println!(
                 "{} prompts x {} rollouts: accuracy {:.3}, never solved {}, always solved {} ({:.0} s); wrote {}/{{init.csv,init_posterior.json}}",
                 s.prompts, cfg.iterations.init_rollouts, s.accuracy, s.never_solved, s.always_solved, s.wall_s, out.display()
@@ -622,7 +639,11 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
         }
-        Command::Eval(a) => cures::eval::cli(a, &cli.set)?,
+        Command::Eval(a) => fault::scope(
+            Phase::Generate,
+            || "cures eval".into(),
+            || cures::eval::cli(a, &cli.set),
+        )?,
         Command::Plot(a) => cures::plot::cli(&a)?,
         Command::Bench(BenchCommand::Reward(a)) => {
             cures::bench::reward::main(a).context("bench reward")?
@@ -683,7 +704,22 @@ fn main() -> ExitCode {
         // Colour only for a terminal: a log file gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
+    // Set once, here: while a libtorch failure is being turned into an error (the library's
+    // `fault::scope` / `fault::catch`), the panic is not printed; the error is, once.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if fault::guarded() && !fault::verbose() {
+            if let Some(l) = info.location() {
+                fault::note_panic_location(format!("{}:{}", l.file(), l.line()));
+            }
+            return;
+        }
+        default_hook(info);
+    }));
+    let cli = Cli::parse();
+    fault::set_verbose(cli.verbose);
+    // Whatever the command, a libtorch failure (or a bug's panic) ends it with one error.
+    match fault::catch(|| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

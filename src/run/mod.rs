@@ -33,6 +33,7 @@ use tch::Kind;
 
 use crate::config::Config;
 use crate::curriculum::{Curriculum, CurriculumState};
+use crate::fault::{self, Phase};
 use crate::metrics::tensorboard::{numeric_fields, EventWriter};
 use crate::policy::{parse_kind, Policy};
 use crate::rollout::RolloutEngine;
@@ -468,7 +469,20 @@ impl Models {
             dataset: Some(data.clone()),
         };
         let keep = cfg.run.keep_checkpoints;
+        let bytes = self.checkpoint_estimate(kind);
         crate::rundir::write_checkpoint(&rd.ckpt_root(), &name, keep, need, |tmp: &Path| {
+            // A libtorch failure is an error here, so the half-written directory is removed.
+            let what = || format!("{name}: {:.2} GB in {kind:?}", bytes as f64 / 1e9);
+            fault::scope(Phase::Checkpoint, what, || {
+                self.write_into(tmp, kind, &state)
+            })
+        })?;
+        Ok(())
+    }
+
+    /// The checkpoint's files, into the temporary directory `tmp`.
+    fn write_into(&self, tmp: &Path, kind: Kind, state: &CheckpointState) -> Result<()> {
+        {
             // Exact resume needs the trainer's dtype: save_dtype defaults to it.
             // The fp32 masters (bf16_mixed) are the weights; the bf16 copy is derived.
             let masters = self.trainer.optimizer().masters();
@@ -481,10 +495,9 @@ impl Models {
                 .optimizer()
                 .save(&tmp.join("optimizer.safetensors"))?;
             let p = tmp.join("state.json");
-            std::fs::write(&p, serde_json::to_vec(&state)?)
+            std::fs::write(&p, serde_json::to_vec(state)?)
                 .with_context(|| format!("cannot write {}", p.display()))
-        })?;
-        Ok(())
+        }
     }
 }
 
@@ -546,13 +559,21 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let mut sync = make_sync(&cfg, &dir)?;
     if sync.transfers() {
         // The server must sample from exactly the trainer's weights (fresh start or resume).
-        let masters = m.trainer.optimizer().masters();
-        let w = crate::sync::Weights {
-            policy: &m.policy,
-            masters: Some(&masters),
+        let what = || {
+            format!(
+                "initial publish of weights version {}",
+                counters.weight_version
+            )
         };
-        sync.publish_weights(w, counters.weight_version)
-            .with_context(|| format!("initial weight sync ({})", sync.name()))?;
+        fault::scope(Phase::Publish, what, || {
+            let masters = m.trainer.optimizer().masters();
+            let w = crate::sync::Weights {
+                policy: &m.policy,
+                masters: Some(&masters),
+            };
+            sync.publish_weights(w, counters.weight_version)
+                .with_context(|| format!("initial weight sync ({})", sync.name()))
+        })?;
     }
     record_config(&rd, &cfg, counters.step, &changes)?;
     let mut logs = Logs::open(&rd, counters.step, cfg.run.tensorboard)?;
@@ -577,7 +598,11 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     say(&bar, opts.quiet, m.checkpoint_line(&cfg)?);
     let eval_on = cfg.run.eval_every > 0 && !evals.is_empty();
     if eval_on && counters.step == 0 && logs.eval_rows.is_empty() {
-        if let Some(a) = logs.evaluate(&m.policy, &cfg, &evals, 0, 0)? {
+        let what = || "held-out evaluation before training".into();
+        let first = fault::scope(Phase::Generate, what, || {
+            logs.evaluate(&m.policy, &cfg, &evals, 0, 0)
+        })?;
+        if let Some(a) = first {
             let line = format!("held-out accuracy before training: {a:.3}");
             say(&bar, opts.quiet, line);
         }
@@ -589,16 +614,20 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let wall_at_start = counters.wall_s;
     let t_loop = Instant::now();
     while counters.step < total {
-        let (row, lines) = train_step(
-            &cfg,
-            &prompts,
-            (&m.policy, &mut m.reference, &mut m.trainer),
-            &mut cur,
-            &mut counters,
-            engine.as_mut(),
-            sync.as_mut(),
-            &bar,
-        )?;
+        // Errors name the step; a libtorch failure outside the named phases is an error too.
+        fault::set_step(Some(counters.step + 1));
+        let (row, lines) = fault::catch(|| {
+            train_step(
+                &cfg,
+                &prompts,
+                (&m.policy, &mut m.reference, &mut m.trainer),
+                &mut cur,
+                &mut counters,
+                engine.as_mut(),
+                sync.as_mut(),
+                &bar,
+            )
+        })?;
         for (k, s) in row.phase_seconds().into_iter().enumerate() {
             phase_sum[k] += s;
         }
@@ -610,12 +639,18 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         let last = counters.step == total;
         let every = |k: usize| k > 0 && counters.step % k as u64 == 0;
         if eval_on && (every(cfg.run.eval_every) || last) {
-            logs.evaluate(
-                &m.policy,
-                &cfg,
-                &evals,
-                counters.step,
-                counters.cum_completions,
+            fault::scope(
+                Phase::Generate,
+                || "held-out evaluation".into(),
+                || {
+                    logs.evaluate(
+                        &m.policy,
+                        &cfg,
+                        &evals,
+                        counters.step,
+                        counters.cum_completions,
+                    )
+                },
             )?;
         }
         if every(cfg.run.prompts_every) || last {
@@ -627,6 +662,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             m.save(&rd, &cfg, &cur, &counters, &print)?;
         }
     }
+    fault::set_step(None);
     bar.finish_and_clear();
     let (heldout_before, heldout_after) = logs.heldout(evals.first().map(|(n, _)| n.as_str()));
     let done = (counters.step - steps_at_start).max(1) as f64;
@@ -709,14 +745,25 @@ fn train_step(
 
     let t = Instant::now();
     counters.weight_version += 1;
-    // From the fp32 masters when the optimiser keeps them.
-    let masters = trainer.optimizer().masters();
-    let w = crate::sync::Weights {
-        policy,
-        masters: Some(&masters),
-    };
-    sync.publish_weights(w, counters.weight_version)
-        .with_context(|| format!("weight sync ({})", sync.name()))?;
+    let what = format!(
+        "weights version {} ({})",
+        counters.weight_version,
+        sync.name()
+    );
+    fault::scope(
+        Phase::Publish,
+        || what,
+        || {
+            // From the fp32 masters when the optimiser keeps them.
+            let masters = trainer.optimizer().masters();
+            let w = crate::sync::Weights {
+                policy,
+                masters: Some(&masters),
+            };
+            sync.publish_weights(w, counters.weight_version)
+                .with_context(|| format!("weight sync ({})", sync.name()))
+        },
+    )?;
     engine.set_weight_version(counters.weight_version);
     row.sec_sync = t.elapsed().as_secs_f64();
     if let Some(st) = sync.last_timing() {

@@ -47,7 +47,24 @@ pub(crate) fn generate(
             seed: seed_for(cfg.seed, step, salt | k as u64),
         })
         .collect();
-    let comps = engine.generate(&requests, &cfg.rollout)?;
+    let what = || {
+        let n: usize = requests.iter().map(|r| r.n).sum();
+        let longest = requests
+            .iter()
+            .map(|r| r.prompt_ids.len())
+            .max()
+            .unwrap_or(0);
+        format!(
+            "{} prompts, {n} completions of up to {longest} prompt + {} new tokens; \
+             rollout.max_batch = {}",
+            requests.len(),
+            cfg.rollout.max_tokens,
+            cfg.rollout.max_batch
+        )
+    };
+    let comps = crate::fault::scope(crate::fault::Phase::Generate, what, || {
+        engine.generate(&requests, &cfg.rollout)
+    })?;
     let stale = engine.last_stats().stale_completions;
     let skipped = engine.last_skipped().to_vec();
     Ok(Generated {
@@ -154,7 +171,10 @@ pub(crate) fn iteration_start(
         .collect();
     cur.observe_init(&outcomes)?;
     if cfg.curriculum.sigma == crate::config::SigmaKind::Gradient {
-        update_gradient_stats(policy, cfg, cur, &it.init_prompts, &g, &correct)?;
+        let what = || format!("gradient-σ statistics of {} prompts", it.init_prompts.len());
+        crate::fault::scope(crate::fault::Phase::Logprobs, what, || {
+            update_gradient_stats(policy, cfg, cur, &it.init_prompts, &g, &correct)
+        })?;
     }
     Ok((g.comps.len() as u64, g.stale))
 }

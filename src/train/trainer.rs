@@ -13,6 +13,7 @@ use super::advantage::AdvantageKind;
 use super::loss::{ppo_loss, LossConfig, LossInputs};
 use super::optim::{dtype_epsilon, pure_precision_loss, AdamW, AdamWParams, Precision};
 use crate::curriculum::ClassStats;
+use crate::fault::{self, Phase};
 use crate::policy::{Policy, TrainPass};
 
 /// `[train]`: optimiser and loss settings. Defaults follow the paper (§5) except the learning
@@ -316,19 +317,46 @@ impl Trainer {
             .map(|s| (s.prompt.clone(), s.completion.clone()))
             .collect();
         // π_old with the weights that generated the rollouts (before any update of this step).
-        let old_all = flat_logprobs(policy, &seqs, &self.cfg, dev)?;
-        let ref_all = match (reference, self.cfg.kl_coef > 0.0) {
-            (Some(r), true) => Some(flat_logprobs(r, &seqs, &self.cfg, dev)?),
-            _ => None,
+        let tokens: usize = seqs.iter().map(|(p, c)| p.len() + c.len()).sum();
+        let what = || {
+            format!(
+                "{} sequences, {tokens} tokens, in forward passes of up to \
+                 train.micro_batch_tokens = {budget}",
+                seqs.len()
+            )
         };
+        let (old_all, ref_all) = fault::scope(Phase::Logprobs, what, || {
+            let old_all = flat_logprobs(policy, &seqs, &self.cfg, dev)?;
+            let ref_all = match (reference, self.cfg.kl_coef > 0.0) {
+                (Some(r), true) => Some(flat_logprobs(r, &seqs, &self.cfg, dev)?),
+                _ => None,
+            };
+            Ok((old_all, ref_all))
+        })?;
+        fault::scope(Phase::Update, what, || {
+            self.update_from(policy, &samples, &seqs, &old_all, ref_all.as_ref())
+        })
+    }
+
+    /// The update proper, from the step's π_old (and reference) log-probs.
+    fn update_from(
+        &mut self,
+        policy: &Policy,
+        samples: &[&Sample],
+        seqs: &[(Vec<i64>, Vec<i64>)],
+        old_all: &Tensor,
+        ref_all: Option<&Tensor>,
+    ) -> Result<UpdateStats> {
+        let dev = policy.device();
+        let budget = self.cfg.micro_batch_tokens;
         let mut offsets = Vec::with_capacity(seqs.len() + 1);
         offsets.push(0i64);
-        for (_, c) in &seqs {
+        for (_, c) in seqs {
             offsets.push(offsets[offsets.len() - 1] + c.len() as i64);
         }
         let adv_all = {
             let mut v = Vec::with_capacity(offsets[seqs.len()] as usize);
-            for (s, (_, c)) in samples.iter().zip(&seqs) {
+            for (s, (_, c)) in samples.iter().zip(seqs) {
                 v.extend(std::iter::repeat_n(s.advantage as f32, c.len()));
             }
             Tensor::from_slice(&v).to_device(dev)
@@ -353,6 +381,17 @@ impl Trainer {
             for micro in Policy::micro_batches(&mb_seqs, budget) {
                 let batch: Vec<&(Vec<i64>, Vec<i64>)> =
                     micro.iter().map(|&m| &mb_seqs[m]).collect();
+                fault::detail(|| {
+                    let tokens: usize = batch.iter().map(|(p, c)| p.len() + c.len()).sum();
+                    let longest = batch.iter().map(|(p, c)| p.len() + c.len()).max();
+                    format!(
+                        "mini-batch {} of {k}: a micro-batch of {} sequences, {tokens} tokens \
+                         (longest {}); train.micro_batch_tokens = {budget}",
+                        j + 1,
+                        batch.len(),
+                        longest.unwrap_or(0)
+                    )
+                });
                 // The micro-batch's per-token inputs, flat in batch order.
                 let pick = |all: &Tensor| -> Tensor {
                     let parts: Vec<Tensor> = micro
@@ -364,8 +403,8 @@ impl Trainer {
                         .collect();
                     Tensor::cat(&parts, 0)
                 };
-                let old = pick(&old_all);
-                let refs = ref_all.as_ref().map(pick);
+                let old = pick(old_all);
+                let refs = ref_all.map(pick);
                 let adv = pick(&adv_all);
                 policy.train_batch(&batch, &pass, |c| {
                     let n = c.logprobs.size()[0];

@@ -29,6 +29,7 @@ mod reward_cli;
 mod reward_fuzz;
 mod reward_peer;
 mod run_e2e;
+mod run_faults;
 mod server_faults;
 mod server_llama;
 mod server_sglang;
