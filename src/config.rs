@@ -355,6 +355,16 @@ pub enum PEstimate {
     MaxLikelihood,
 }
 
+/// What a drawn prompt whose σ is 0 gets (`curriculum.zero_sigma`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroSigma {
+    /// The paper's n_i ∝ σ_i: no completions (a 0/k or k/k prompt has no gradient to give).
+    Skip,
+    /// `curriculum.n_min` completions, like every other drawn prompt.
+    NMin,
+}
+
 /// `[curriculum]`: the CurES engine's knobs. Defaults follow the paper.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -385,6 +395,8 @@ pub struct CurriculumConfig {
     pub posterior_updates: PosteriorUpdates,
     /// `posterior_mean` (paper) or `max_likelihood` (released code) for p inside σ.
     pub p_estimate: PEstimate,
+    /// CurES: what a drawn prompt with σ = 0 gets: `skip` (the paper's n ∝ σ: none) or `n_min`.
+    pub zero_sigma: ZeroSigma,
     /// GVM's a (default 1e-3).
     pub gvm_a: f64,
     /// GVM's b (default 2).
@@ -407,6 +419,7 @@ impl Default for CurriculumConfig {
             reset_each_iteration: true,
             posterior_updates: PosteriorUpdates::EveryStep,
             p_estimate: PEstimate::PosteriorMean,
+            zero_sigma: ZeroSigma::Skip,
             gvm_a: 1e-3,
             gvm_b: 2.0,
         }
@@ -754,23 +767,59 @@ impl Config {
                 dataset_len / self.iterations.subsets
             }
         };
-        if self.curriculum.sampling == Replacement::WithoutReplacement && pool < self.batch.prompts
-        {
+        let need = POOL_FACTOR * self.batch.prompts;
+        if self.curriculum.sampling == Replacement::WithoutReplacement && pool < need {
             return Err(invalid(
                 "batch.prompts",
                 format!(
-                    "{} prompts cannot be drawn without replacement from a pool of {pool} \
-                     (dataset {dataset_len} / iterations.subsets {})",
+                    "a pool of {pool} prompts (dataset {dataset_len} / iterations.subsets {}) \
+                     is under {POOL_FACTOR} x the {} drawn without replacement per step: \
+                     each step would take most of the pool, so the selection could hardly \
+                     differ from uniform; use fewer iterations.subsets or a smaller \
+                     batch.prompts",
+                    self.pool_divisor(),
                     self.batch.prompts,
-                    match self.iterations.mode {
-                        IterationMode::Streaming => 1,
-                        IterationMode::Subsets => self.iterations.subsets,
-                    }
                 ),
             ));
         }
         Ok(())
     }
+
+    fn pool_divisor(&self) -> usize {
+        match self.iterations.mode {
+            IterationMode::Streaming => 1,
+            IterationMode::Subsets => self.iterations.subsets,
+        }
+    }
+
+    /// What a valid pool may still get wrong, one line each: a pool under 4x the prompts drawn
+    /// per step (with replacement) leaves ρ little room to select.
+    pub fn pool_warnings(&self, dataset_len: usize) -> Vec<String> {
+        let pool = dataset_len / self.pool_divisor().max(1);
+        let need = POOL_FACTOR * self.batch.prompts;
+        if self.curriculum.sampling == Replacement::WithReplacement && pool < need {
+            let distinct = expected_distinct(pool, self.batch.prompts);
+            vec![format!(
+                "each pool holds {pool} prompts (dataset {dataset_len} / iterations.subsets \
+                 {}), under {POOL_FACTOR} x the {} drawn per step: about {distinct:.0} of them \
+                 appear in every batch under uniform draws, so selection by ρ can change \
+                 little; use fewer iterations.subsets",
+                self.pool_divisor(),
+                self.batch.prompts
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// A pool should hold this many times the prompts drawn per step.
+pub const POOL_FACTOR: usize = 4;
+
+/// Expected distinct prompts among `m` uniform draws with replacement from `pool`.
+fn expected_distinct(pool: usize, m: usize) -> f64 {
+    let n = pool as f64;
+    n * (1.0 - (1.0 - 1.0 / n.max(1.0)).powf(m as f64))
 }
 
 impl SimulateConfig {
@@ -937,7 +986,16 @@ mod tests {
             .contains("empty"));
         let e = c.validate_pool(2000).unwrap_err().to_string();
         assert!(e.starts_with("batch.prompts"), "{e}");
+        // Pools of 1024 = m: each step would draw the whole pool.
+        let e = c.validate_pool(1024 * 15).unwrap_err().to_string();
+        assert!(e.contains("under 4 x the 1024 drawn"), "{e}");
+        assert!(c.validate_pool(4 * 1024 * 15).is_ok());
+        // With replacement: valid, but said.
+        let c = load("", &[]).unwrap();
         assert!(c.validate_pool(1024 * 15).is_ok());
+        let w = c.pool_warnings(1024 * 15);
+        assert!(w.len() == 1 && w[0].contains("about 647 of them"), "{w:?}");
+        assert!(c.pool_warnings(4 * 1024 * 15).is_empty());
     }
 
     #[test]

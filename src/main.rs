@@ -506,9 +506,11 @@ fn run(cli: Cli) -> Result<()> {
                 s.steps_here, s.completions_here, s.wall_s
             );
             println!(
-                "the run: {} steps, {} completions, {:.0} s of steps; held-out accuracy {} -> {}",
+                "the run: {} steps, {} completions generated ({} trained on + {} pre-rollouts), {:.0} s of steps; held-out accuracy {} -> {}",
                 s.steps,
+                s.completions + s.init_completions,
                 s.completions,
+                s.init_completions,
                 s.run_wall_s,
                 fmt(s.heldout_before),
                 fmt(s.heldout_after)

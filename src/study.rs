@@ -5,7 +5,8 @@
 //! the `gradient` σ estimator, forgetting λ = 0.9). Every run is an ordinary `cures run` into
 //! `<out>/runs/<variant>-s<seed>`; a finished run leaves `DONE` and is skipped, an interrupted one
 //! resumes from its last checkpoint, so the study resumes where it stopped. `summary.csv` answers:
-//! how many completions does each method need to reach GRPO's final held-out accuracy?
+//! how many completions does each method need to reach GRPO's final held-out accuracy? Every
+//! completion generated counts: training completions and the pre-rollouts of stage 0.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -85,8 +86,8 @@ pub struct SummaryRow {
     pub method: String,
     /// Seeds finished.
     pub seeds: usize,
-    /// Median over seeds of the training completions needed to reach GRPO's final accuracy
-    /// (empty when fewer than half of the seeds reach it).
+    /// Median over seeds of the completions generated (training and pre-rollouts) to reach
+    /// GRPO's final accuracy (empty when fewer than half of the seeds reach it).
     pub completions_to_grpo_final_median: Option<f64>,
     /// Fewest completions over seeds (empty when no seed reaches it).
     pub completions_to_grpo_final_min: Option<f64>,
@@ -108,7 +109,7 @@ pub struct SummaryRow {
     pub wall_s: f64,
 }
 
-/// One run's held-out curve: (cum_completions, accuracy), step 0 first.
+/// One run's held-out curve: (completions generated, accuracy), step 0 first.
 pub type Curve = Vec<(u64, f64)>;
 
 /// Per-seed results of one setting: (curve, median zero-variance fraction, wall seconds).
@@ -123,8 +124,16 @@ fn read_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
         .collect()
 }
 
-/// The held-out curve of a run directory (first benchmark of eval.csv without a `/` level).
+/// The held-out curve of a run directory (first benchmark of eval.csv without a `/` level),
+/// against every completion generated: training and the pre-rollouts up to that step
+/// (`steps.csv` `cum_init_completions`, so run directories from before `eval.csv` recorded
+/// them count the same way).
 pub fn heldout_curve(dir: &Path) -> Result<Curve> {
+    let steps: Vec<StepRow> = read_rows(&dir.join("steps.csv"))?;
+    let init: std::collections::HashMap<u64, u64> = steps
+        .iter()
+        .map(|r| (r.step, r.cum_init_completions))
+        .collect();
     let rows: Vec<EvalRow> = read_rows(&dir.join("eval.csv"))?;
     let first = rows
         .iter()
@@ -134,7 +143,10 @@ pub fn heldout_curve(dir: &Path) -> Result<Curve> {
     Ok(rows
         .into_iter()
         .filter(|r| r.benchmark == first)
-        .map(|r| (r.cum_completions, r.accuracy))
+        .map(|r| {
+            let init = init.get(&r.step).copied().unwrap_or(0);
+            (r.cum_completions + init, r.accuracy)
+        })
         .collect())
 }
 
@@ -287,7 +299,7 @@ pub fn study(opts: &StudyOptions) -> Result<Vec<SummaryRow>> {
     struct CurveRow<'a> {
         method: &'a str,
         seed: usize,
-        cum_completions: u64,
+        cum_generated_completions: u64,
         accuracy: f64,
     }
     let mut rows = Vec::new();
@@ -297,7 +309,7 @@ pub fn study(opts: &StudyOptions) -> Result<Vec<SummaryRow>> {
                 rows.push(CurveRow {
                     method: m,
                     seed: s,
-                    cum_completions: c,
+                    cum_generated_completions: c,
                     accuracy: a,
                 });
             }

@@ -65,8 +65,11 @@ pub struct StepPlan {
     pub step: u64,
     /// Iteration index (0-based).
     pub iteration: u64,
-    /// Distinct prompts with their rollout counts (Σ n = budget).
+    /// Distinct prompts with their rollout counts (Σ n = budget, unless σ = 0 prompts were
+    /// skipped and the others could not take it all).
     pub groups: Vec<Group>,
+    /// Groups that got no completions because their σ is 0 (`curriculum.zero_sigma = "skip"`).
+    pub zero_sigma: u32,
     /// Draws requested (m).
     pub draws: usize,
     /// H(ρ) over the pool when drawing, nats.
@@ -284,7 +287,11 @@ impl Curriculum {
             pool.clone(),
             &self.state.posterior,
         );
-        let n_init = self.config.iterations.init_rollouts as u32;
+        let n_init = if self.strategy.uses_pre_rollouts() {
+            self.config.iterations.init_rollouts as u32
+        } else {
+            0
+        };
         IterationStart {
             iteration: self.iteration(),
             init_prompts: if n_init > 0 { pool } else { Vec::new() },
@@ -364,12 +371,12 @@ impl Curriculum {
             }
         }
         let budget = self.config.batch.budget as u64;
-        let n = self
-            .strategy
-            .allocate(&draws, &self.state.posterior, &self.state.grads, budget)?;
+        let alloc =
+            self.strategy
+                .allocate(&draws, &self.state.posterior, &self.state.grads, budget)?;
         let groups = draws
             .iter()
-            .zip(n)
+            .zip(alloc.n)
             .map(|(d, n)| Group {
                 prompt: d.prompt,
                 local: d.local,
@@ -383,6 +390,7 @@ impl Curriculum {
             step: self.state.step,
             iteration: self.iteration(),
             groups,
+            zero_sigma: alloc.zero_sigma,
             draws: m,
             rho_entropy,
             uniform_fallback,

@@ -27,15 +27,16 @@ pub enum WeightRule {
         /// Which p enters √(p(1−p)).
         p: PEstimate,
     },
-    /// The released code: per-prompt temperature t_i = 100·(c_i + 1), c_i = observed successes.
-    ReleasedCode {
-        /// Which p enters √(p(1−p)).
-        p: PEstimate,
-    },
+    /// The released code: w_i = exp(√(p̂_i(1−p̂_i))/t_i) with p̂_i = (c_i + 1)/(n_i + 2), the
+    /// Beta(1, 1) mean of the observed counts, and t_i = 100·(c_i + 1) (docs/algorithm.md §8).
+    ReleasedCode,
     /// Speed-RL: uniform over prompts not known to be solved always or never (observed
     /// successes strictly between 0 and the rollouts, or no observation yet); others weigh 0.
     Informative,
 }
+
+/// The released rule's largest possible log-weight, 0.5/100: subtracted from every prompt's.
+pub const RELEASED_MAX_LOG_WEIGHT: f64 = 0.005;
 
 fn p_of(posterior: &Posterior, prompt: usize, est: PEstimate) -> f64 {
     match est {
@@ -53,10 +54,12 @@ impl WeightRule {
                 let p = p_of(posterior, prompt, p);
                 ((p * (1.0 - p)).max(0.0).sqrt() - 0.5) / tau
             }
-            WeightRule::ReleasedCode { p } => {
-                let p = p_of(posterior, prompt, p);
-                let c = f64::from(posterior.counts(prompt).0);
-                ((p * (1.0 - p)).max(0.0).sqrt() - 0.5) / (100.0 * (c + 1.0))
+            WeightRule::ReleasedCode => {
+                let (c, n) = posterior.counts(prompt);
+                let (c, n) = (f64::from(c), f64::from(n));
+                let p = (c + 1.0) / (n + 2.0);
+                // One shift for every prompt (σ/t ≤ 0.5/100), so the ordering is the code's.
+                (p * (1.0 - p)).max(0.0).sqrt() / (100.0 * (c + 1.0)) - RELEASED_MAX_LOG_WEIGHT
             }
             WeightRule::Informative => {
                 let (s, n) = posterior.counts(prompt);
@@ -361,6 +364,29 @@ mod tests {
             p.observe(i, s, n);
         }
         p
+    }
+
+    #[test]
+    fn released_weights_are_the_papers_table_and_c_zero_weighs_most() {
+        // docs/algorithm.md §8: N' = 4, c = 0..4.
+        let table = [1.003734, 1.002360, 1.001668, 1.001179, 1.000746];
+        let post = posterior_with_means(&[(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]);
+        for (c, want) in table.iter().enumerate() {
+            let l = WeightRule::ReleasedCode.log_weight(&post, c);
+            let w = (l + RELEASED_MAX_LOG_WEIGHT).exp();
+            assert!((w - want).abs() < 5e-7, "c = {c}: w = {w:.7}, table {want}");
+            assert!(l <= 0.0);
+        }
+        let s = PromptSampler::new(WeightRule::ReleasedCode, (0..5).collect(), &post);
+        let rho: Vec<f64> = (0..5).map(|i| s.rho(i)).collect();
+        assert!(
+            rho.windows(2).all(|w| w[0] > w[1]),
+            "ρ falls with c: {rho:?}"
+        );
+        let sum: f64 = table.iter().sum();
+        for (r, w) in rho.iter().zip(table) {
+            assert!((r - w / sum).abs() < 1e-6, "{rho:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::allocation::{
 use super::posterior::Posterior;
 use super::sampler::WeightRule;
 use crate::config::{
-    BatchConfig, CurriculumConfig, PEstimate, SigmaKind, StrategyKind, TemperatureRule,
+    BatchConfig, CurriculumConfig, PEstimate, SigmaKind, StrategyKind, TemperatureRule, ZeroSigma,
 };
 
 /// One distinct prompt of a step's batch, with how many of the m draws hit it.
@@ -29,10 +29,27 @@ pub struct Strategy {
     temperature: TemperatureRule,
     sigma: SigmaKind,
     p_estimate: PEstimate,
+    zero_sigma: ZeroSigma,
     n_min: u32,
     n_max: u32,
     gvm_a: f64,
     gvm_b: f64,
+}
+
+/// A batch's rollout counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// n_i per group.
+    pub n: Vec<u32>,
+    /// Groups that got no completions because their σ is 0 (`zero_sigma = "skip"`).
+    pub zero_sigma: u32,
+}
+
+impl Allocation {
+    /// Σ n_i.
+    pub fn total(&self) -> u64 {
+        self.n.iter().map(|&x| u64::from(x)).sum()
+    }
 }
 
 impl Strategy {
@@ -44,6 +61,7 @@ impl Strategy {
             temperature: c.temperature,
             sigma: c.sigma,
             p_estimate: c.p_estimate,
+            zero_sigma: c.zero_sigma,
             n_min: c.n_min.min(u32::MAX as usize) as u32,
             n_max: c.n_max_for(b).min(u32::MAX as usize) as u32,
             gvm_a: c.gvm_a,
@@ -56,6 +74,12 @@ impl Strategy {
         self.kind
     }
 
+    /// Whether the strategy reads the posterior, and so needs an iteration's N' pre-rollouts:
+    /// uniform GRPO weighs and allocates without it, so it generates none.
+    pub fn uses_pre_rollouts(&self) -> bool {
+        self.kind != StrategyKind::Grpo
+    }
+
     /// How prompts are weighted for sampling: ρ for CurES, uniform for GRPO and GVM, uniform
     /// over informative prompts for Speed-RL.
     pub fn weight_rule(&self) -> WeightRule {
@@ -65,7 +89,9 @@ impl Strategy {
                     tau: self.tau,
                     p: self.p_estimate,
                 },
-                TemperatureRule::ReleasedCode => WeightRule::ReleasedCode { p: self.p_estimate },
+                // The released sampler's p̂ is the Beta mean of the counts, whatever p_estimate
+                // (which steers the allocation) says.
+                TemperatureRule::ReleasedCode => WeightRule::ReleasedCode,
             },
             StrategyKind::Grpo | StrategyKind::Gvm => WeightRule::Uniform,
             StrategyKind::SpeedRl => WeightRule::Informative,
@@ -117,32 +143,51 @@ impl Strategy {
         }
     }
 
-    /// Rollout counts for the batch's groups, Σ = `budget` exactly. A group drawn k times gets
-    /// k times the weight and bounds [k·n_min, k·n_max]. GVM gives prompts with p = 0 no
-    /// rollouts (lower bound 0).
+    /// Rollout counts for the batch's groups. A group drawn k times gets k times the weight and
+    /// bounds [k·n_min, k·n_max]. GVM gives prompts with p = 0 no rollouts (lower bound 0);
+    /// CurES with `zero_sigma = "skip"` gives prompts with σ = 0 none at all (bounds [0, 0]).
+    /// Σ n = `budget` exactly whenever the bounds allow it; when the skipped prompts leave the
+    /// others unable to absorb it within n_max, Σ n is what they can take (the shortfall is the
+    /// caller's to report), never handed back to σ = 0 prompts.
     pub fn allocate(
         &self,
         draws: &[Draw],
         posterior: &Posterior,
         grads: &GradientStats,
         budget: u64,
-    ) -> Result<Vec<u32>, AllocationError> {
+    ) -> Result<Allocation, AllocationError> {
         let mut weights = Vec::with_capacity(draws.len());
         let mut lo = Vec::with_capacity(draws.len());
         let mut hi = Vec::with_capacity(draws.len());
+        let mut skipped = 0u32;
         for d in draws {
             let w = self.allocation_weight(posterior, grads, d.prompt);
             let k = d.multiplicity;
             weights.push(w * f64::from(k));
+            let skip =
+                self.kind == StrategyKind::Cures && self.zero_sigma == ZeroSigma::Skip && w == 0.0;
+            skipped += u32::from(skip);
             let zero_ok = self.kind == StrategyKind::Gvm && w == 0.0;
-            lo.push(if zero_ok {
+            lo.push(if zero_ok || skip {
                 0
             } else {
                 self.n_min.saturating_mul(k)
             });
-            hi.push(self.n_max.saturating_mul(k));
+            hi.push(if skip {
+                0
+            } else {
+                self.n_max.saturating_mul(k)
+            });
         }
-        neyman_allocate(&weights, &lo, &hi, budget)
+        let total = if skipped > 0 {
+            budget.min(hi.iter().map(|&x| u64::from(x)).sum())
+        } else {
+            budget
+        };
+        Ok(Allocation {
+            n: neyman_allocate(&weights, &lo, &hi, total)?,
+            zero_sigma: skipped,
+        })
     }
 }
 
@@ -182,7 +227,8 @@ mod tests {
         post.observe(0, 4, 4);
         let n = s
             .allocate(&draws(4), &post, &GradientStats::default(), 32)
-            .unwrap();
+            .unwrap()
+            .n;
         assert_eq!(n, vec![8; 4]);
         assert_eq!(s.weight_rule(), WeightRule::Uniform);
     }
@@ -212,7 +258,8 @@ mod tests {
         ];
         let n = s
             .allocate(&d, &post, &GradientStats::default(), 32)
-            .unwrap();
+            .unwrap()
+            .n;
         assert_eq!(n.iter().sum::<u32>(), 32);
         assert!(n[0] > n[2] && n[2] > n[1], "{n:?}");
         assert!(n[0] >= 4, "merged group keeps 2·n_min");
@@ -228,9 +275,99 @@ mod tests {
         post.observe(2, 4, 4);
         let n = s
             .allocate(&draws(4), &post, &GradientStats::default(), 32)
-            .unwrap();
+            .unwrap()
+            .n;
         assert_eq!(n[0], 0);
         assert_eq!(n.iter().sum::<u32>(), 32);
         assert!(n[1] > n[2], "{n:?}");
+    }
+
+    /// Max-likelihood p̂: 0/4 and 4/4 prompts have σ = 0.
+    fn ml_posterior(counts: &[(u32, u32)]) -> Posterior {
+        let mut post = Posterior::new(counts.len(), BetaPrior::default(), 1.0);
+        for (i, &(s, n)) in counts.iter().enumerate() {
+            post.observe(i, s, n);
+        }
+        post
+    }
+
+    fn ml_cures(zero_sigma: ZeroSigma, n_max: usize, budget: usize) -> Strategy {
+        let c = CurriculumConfig {
+            strategy: StrategyKind::Cures,
+            p_estimate: PEstimate::MaxLikelihood,
+            zero_sigma,
+            n_max: Some(n_max),
+            ..Default::default()
+        };
+        Strategy::from_config(&c, &BatchConfig { prompts: 4, budget })
+    }
+
+    #[test]
+    fn zero_sigma_prompts_get_no_completions_and_the_rest_take_the_budget() {
+        let post = ml_posterior(&[(0, 4), (2, 4), (4, 4), (1, 4)]);
+        let g = GradientStats::default();
+        let a = ml_cures(ZeroSigma::Skip, 24, 32)
+            .allocate(&draws(4), &post, &g, 32)
+            .unwrap();
+        assert_eq!((a.n[0], a.n[2]), (0, 0), "{a:?}");
+        assert_eq!(a.zero_sigma, 2);
+        assert_eq!(
+            a.total(),
+            32,
+            "Σ n = N exact: the two σ > 0 prompts absorb it"
+        );
+        assert!(a.n[1] >= 2 && a.n[3] >= 2 && a.n[1] > a.n[3], "{a:?}");
+        // n_max = 8 leaves room for 16 only: fewer than N, none handed to σ = 0 prompts.
+        let a = ml_cures(ZeroSigma::Skip, 8, 32)
+            .allocate(&draws(4), &post, &g, 32)
+            .unwrap();
+        assert_eq!(a.n, vec![0, 8, 0, 8]);
+        assert_eq!(a.total(), 16);
+        // "n_min" keeps today's behaviour: every drawn prompt gets at least n_min.
+        let a = ml_cures(ZeroSigma::NMin, 16, 32)
+            .allocate(&draws(4), &post, &g, 32)
+            .unwrap();
+        assert!(
+            a.n.iter().all(|&n| n >= 2) && a.total() == 32 && a.zero_sigma == 0,
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn allocation_bounds_hold_on_random_batches() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..500 {
+            let m = rng.random_range(1..12usize);
+            let counts: Vec<(u32, u32)> = (0..m)
+                .map(|_| {
+                    let n = rng.random_range(0..6u32);
+                    (rng.random_range(0..=n), n)
+                })
+                .collect();
+            let post = ml_posterior(&counts);
+            let n_max = rng.random_range(2..20usize);
+            let budget = rng.random_range(2 * m..=(n_max * m).max(2 * m));
+            let s = ml_cures(ZeroSigma::Skip, n_max, budget);
+            let a = s
+                .allocate(
+                    &draws(m as u32),
+                    &post,
+                    &GradientStats::default(),
+                    budget as u64,
+                )
+                .unwrap();
+            let mut room = 0u64;
+            for (i, &n) in a.n.iter().enumerate() {
+                let p = post.ml_estimate(i);
+                if sigma_bernoulli(p) == 0.0 {
+                    assert_eq!(n, 0, "σ = 0 ⇒ n = 0: {counts:?} {a:?}");
+                } else {
+                    assert!(n >= 2 && n as usize <= n_max, "bounds: {counts:?} {a:?}");
+                    room += n_max as u64;
+                }
+            }
+            assert_eq!(a.total(), (budget as u64).min(room), "{counts:?} {a:?}");
+        }
     }
 }

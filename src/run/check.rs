@@ -102,6 +102,10 @@ pub fn check_inputs(cfg: &Config, probe: bool) -> Result<InputCheck> {
         ContextLimit::of_model(model.max_position_embeddings).with_servers(servers.as_ref());
     let total = train.len();
     let fit = fit_prompts(&tok, &context, cfg, train)?;
+    cfg.validate_pool(fit.examples.len())?;
+    for w in cfg.pool_warnings(fit.examples.len()) {
+        lines.push(format!("warning: {w}"));
+    }
     lines.insert(
         0,
         format!(

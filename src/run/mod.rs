@@ -60,6 +60,8 @@ struct Counters {
     cum_completions: u64,
     cum_tokens: u64,
     cum_init_completions: u64,
+    #[serde(default)]
+    cum_init_tokens: u64,
     /// Wall seconds of the steps of every process up to this checkpoint.
     #[serde(default)]
     wall_s: f64,
@@ -276,7 +278,7 @@ impl Logs {
         cfg: &Config,
         evals: &[(String, Vec<crate::data::Example>)],
         step: u64,
-        cum: u64,
+        (cum, generated): (u64, u64),
     ) -> Result<Option<f64>> {
         let mut first = None;
         let mut rows = Vec::new();
@@ -286,6 +288,7 @@ impl Logs {
                 rows.push(EvalRow {
                     step,
                     cum_completions: cum,
+                    cum_generated_completions: generated,
                     benchmark: bench,
                     problems: n,
                     accuracy: acc,
@@ -534,7 +537,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
     }
     let servers = check::probe_servers(&cfg)?;
-    let mut early = cfg.warnings();
+    let warn = |w: String| format!("warning: {w}");
+    let mut early: Vec<String> = cfg.warnings().into_iter().map(warn).collect();
     if let Some(p) = &servers {
         early.extend(p.lines(cfg.rollout.sync));
     }
@@ -542,6 +546,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let context = ContextLimit::of_model(m.policy.config().max_position_embeddings)
         .with_servers(servers.as_ref());
     let data = fit_prompts(m.policy.tokenizer(), &context, &cfg, raw)?;
+    early.extend(cfg.pool_warnings(data.examples.len()).into_iter().map(warn));
     let print = crate::rundir::dataset_fingerprint(&data.examples);
     let (mut cur, mut counters) = match saved {
         Some(s) => s.restore(&cfg, &print, &cfg.data.train)?,
@@ -600,7 +605,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if eval_on && counters.step == 0 && logs.eval_rows.is_empty() {
         let what = || "held-out evaluation before training".into();
         let first = fault::scope(Phase::Generate, what, || {
-            logs.evaluate(&m.policy, &cfg, &evals, 0, 0)
+            logs.evaluate(&m.policy, &cfg, &evals, 0, (0, 0))
         })?;
         if let Some(a) = first {
             let line = format!("held-out accuracy before training: {a:.3}");
@@ -648,7 +653,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                         &cfg,
                         &evals,
                         counters.step,
-                        counters.cum_completions,
+                        (
+                            counters.cum_completions,
+                            counters.cum_completions + counters.cum_init_completions,
+                        ),
                     )
                 },
             )?;
@@ -701,8 +709,10 @@ fn train_step(
     if cur.iteration_due() {
         // Iteration start: pre-rollouts (not trained on), reference = current weights.
         let t = Instant::now();
-        let (made, stale) = step::iteration_start(engine, cfg, policy, prompts, cur, counters)?;
+        let (made, stale, tokens) =
+            step::iteration_start(engine, cfg, policy, prompts, cur, counters)?;
         counters.cum_init_completions += made;
+        counters.cum_init_tokens += tokens;
         row.stale_completions += stale;
         if let Some(r) = reference.as_mut() {
             r.var_store_mut()
@@ -794,6 +804,9 @@ fn train_step(
     row.cum_completions = counters.cum_completions;
     row.cum_tokens = counters.cum_tokens;
     row.cum_init_completions = counters.cum_init_completions;
+    row.cum_init_tokens = counters.cum_init_tokens;
+    row.cum_generated_completions = counters.cum_completions + counters.cum_init_completions;
+    row.cum_generated_tokens = counters.cum_tokens + counters.cum_init_tokens;
     let lines = step::rollout_lines(cfg, prompts, &plan, &gen, &scored, counters.step)?;
     Ok((row, lines))
 }
@@ -813,13 +826,25 @@ impl StepRow {
 
     /// The line printed after the step.
     fn summary_line(&self) -> String {
-        let skipped = match self.skipped_prompts {
+        let mut skipped = match self.skipped_prompts {
             0 => String::new(),
             k => format!(
                 " | {k} prompt{} refused by the server",
                 if k == 1 { "" } else { "s" }
             ),
         };
+        if self.zero_sigma_prompts > 0 {
+            skipped += &format!(
+                " | {} σ = 0 prompt{} skipped, {} completions",
+                self.zero_sigma_prompts,
+                if self.zero_sigma_prompts == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                self.completions
+            );
+        }
         format!(
             "step {:>4} it {} | reward {:.3} | zero-var {:.2} | n {}..{} | loss {:+.4} kl {:.4} | gen {:.1}s train {:.1}s{skipped}",
             self.step, self.iteration, self.mean_reward, self.zero_var_group_frac, self.n_min,

@@ -134,7 +134,7 @@ pub(crate) fn samples(g: &Generated, adv: &[Vec<f64>]) -> Vec<Sample> {
 
 /// Stage 0 of an iteration: N' pre-rollouts of its prompts (not trained on) observed by the
 /// posterior, with the gradient-σ statistics when σ is the gradient estimator. Returns the
-/// completions generated and the stale ones regenerated.
+/// completions generated, the stale ones regenerated and the completion tokens.
 pub(crate) fn iteration_start(
     engine: &mut dyn RolloutEngine,
     cfg: &Config,
@@ -142,10 +142,10 @@ pub(crate) fn iteration_start(
     prompts: &Prompts<'_>,
     cur: &mut Curriculum,
     counters: &Counters,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, u64)> {
     let it = cur.begin_iteration();
     if it.init_prompts.is_empty() {
-        return Ok((0, 0));
+        return Ok((0, 0, 0));
     }
     let n = it.init_rollouts as usize;
     let groups = it.init_prompts.iter().map(|&p| (p, n));
@@ -176,7 +176,8 @@ pub(crate) fn iteration_start(
             update_gradient_stats(policy, cfg, cur, &it.init_prompts, &g, &correct)
         })?;
     }
-    Ok((g.comps.len() as u64, g.stale))
+    let tokens = g.comps.iter().map(|c| c.token_ids.len() as u64).sum();
+    Ok((g.comps.len() as u64, g.stale, tokens))
 }
 
 /// Per-prompt gradient class statistics (Eq. 21) from scored rollouts of `prompts`.
@@ -284,6 +285,7 @@ pub(crate) fn fill_row(
     row.n_max = ns.iter().copied().max().unwrap_or(0);
     row.n_mean = ns.iter().map(|&n| f64::from(n)).sum::<f64>() / ns.len().max(1) as f64;
     row.rho_entropy = plan.rho_entropy;
+    row.zero_sigma_prompts = u64::from(plan.zero_sigma);
     row.mean_p_hat =
         live.iter().map(|&i| plan.groups[i].p_hat).sum::<f64>() / live.len().max(1) as f64;
 }

@@ -82,6 +82,19 @@ pub struct StepRow {
     /// Seconds of the served-vs-trained log-prob probe.
     #[serde(default)]
     pub sync_verify_s: f64,
+    /// Drawn prompts that got no completions because their σ is 0 (`curriculum.zero_sigma =
+    /// "skip"`); when the others could not take the whole budget, `completions` is below N.
+    #[serde(default)]
+    pub zero_sigma_prompts: u64,
+    /// Cumulative pre-rollout completion tokens (init stage).
+    #[serde(default)]
+    pub cum_init_tokens: u64,
+    /// Every completion generated so far, training and pre-rollouts: the run's compute.
+    #[serde(default)]
+    pub cum_generated_completions: u64,
+    /// Every completion token generated so far, training and pre-rollouts.
+    #[serde(default)]
+    pub cum_generated_tokens: u64,
 }
 
 /// One row of `eval.csv`.
@@ -91,6 +104,9 @@ pub struct EvalRow {
     pub step: u64,
     /// Training completions spent so far.
     pub cum_completions: u64,
+    /// Every completion generated so far (training and pre-rollouts): the cost axis.
+    #[serde(default)]
+    pub cum_generated_completions: u64,
     /// Benchmark name (`heldout`, `heldout/L3`, or the file stem).
     pub benchmark: String,
     /// Problems evaluated.

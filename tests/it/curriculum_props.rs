@@ -199,7 +199,7 @@ fn state_round_trip_gives_identical_next_batches() {
             Replacement::WithoutReplacement,
         ] {
             let cfg = small_config(strategy, sampling);
-            let mut a = Curriculum::new(&cfg, 120).unwrap();
+            let mut a = Curriculum::new(&cfg, 200).unwrap();
             let mut rng = ChaCha8Rng::seed_from_u64(1);
             run_steps(&mut a, 4, &mut rng);
             let json = serde_json::to_string(a.state()).unwrap();

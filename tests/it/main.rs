@@ -28,6 +28,7 @@ mod repo_refs;
 mod reward_cli;
 mod reward_fuzz;
 mod reward_peer;
+mod run_cures;
 mod run_e2e;
 mod run_faults;
 mod server_faults;

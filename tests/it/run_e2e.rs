@@ -189,6 +189,7 @@ fn short_run_writes_consistent_csvs() {
         [
             "step",
             "cum_completions",
+            "cum_generated_completions",
             "benchmark",
             "problems",
             "accuracy"
@@ -196,10 +197,21 @@ fn short_run_writes_consistent_csvs() {
     );
     let steps: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(steps.into_iter().collect::<Vec<_>>(), ["0", "2", "4"]);
-    assert!(rows.iter().any(|r| r[2] == "heldout/L7"));
+    assert!(rows.iter().any(|r| r[3] == "heldout/L7"));
+    // The cost axis counts the pre-rollouts of stage 0 (140 prompts / 2 subsets x N' = 4 each).
+    for r in &rows {
+        let train: u64 = r[1].parse().expect("cum_completions");
+        let all: u64 = r[2].parse().expect("cum_generated_completions");
+        let init = match r[0].as_str() {
+            "0" => 0,
+            "2" => 280,
+            _ => 560,
+        };
+        assert_eq!(all, train + init, "{r:?}");
+    }
     assert!(rows
         .iter()
-        .all(|r| r[4].parse::<f64>().is_ok_and(|a| (0.0..=1.0).contains(&a))));
+        .all(|r| r[5].parse::<f64>().is_ok_and(|a| (0.0..=1.0).contains(&a))));
 
     let (head, rows) = read_csv(&out.join("prompts.csv"));
     assert!(head.contains(&"p_hat".to_string()) && !rows.is_empty());
