@@ -194,6 +194,10 @@ pub struct RunConfig {
     /// Also write every steps.csv / eval.csv row as TensorBoard scalars under
     /// `<run dir>/tensorboard/` (`tensorboard --logdir <run dir>`).
     pub tensorboard: bool,
+    /// Memory of the device the trainer runs on (`80GiB`, `141GB`): `cures run` refuses a plan
+    /// that does not fit it. Empty: the machine's memory for `model.device = "cpu"`, unknown
+    /// (not checked) for a GPU.
+    pub device_memory: String,
 }
 
 impl Default for RunConfig {
@@ -209,6 +213,7 @@ impl Default for RunConfig {
             log_rollouts: 8,
             keep_checkpoints: 2,
             tensorboard: true,
+            device_memory: String::new(),
         }
     }
 }
@@ -629,6 +634,10 @@ impl Config {
                 "sft.heads",
                 "sft.hidden must be a multiple of sft.heads, and sft.heads of sft.kv_heads",
             ));
+        }
+        if !self.run.device_memory.is_empty() {
+            crate::train::plan::parse_bytes(&self.run.device_memory)
+                .map_err(|r| invalid("run.device_memory", r))?;
         }
         let b = &self.batch;
         let c = &self.curriculum;

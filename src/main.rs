@@ -41,6 +41,14 @@ enum Command {
         /// name, its context (max_model_len) and the routes rollout.sync needs.
         #[arg(long)]
         probe: bool,
+        /// Print the memory plan (bytes of each part per device) from the model's config.json
+        /// alone, skipping the data and weight checks; refuse a plan that does not fit.
+        #[arg(long, conflicts_with_all = ["probe", "config_only"])]
+        plan: bool,
+        /// The trainer device's memory for --plan (e.g. 80GiB; default run.device_memory, else
+        /// the machine's memory for a CPU run).
+        #[arg(long, requires = "plan")]
+        gpu_mem: Option<String>,
     },
     /// Run a strategy against synthetic prompts with known accuracies.
     Simulate(SimulateArgs),
@@ -330,8 +338,39 @@ fn run(cli: Cli) -> Result<()> {
             config,
             config_only,
             probe,
+            plan,
+            gpu_mem,
         } => {
             let c = Config::load(&config, &cli.set)?;
+            if plan {
+                let given = match gpu_mem {
+                    Some(g) => Some(
+                        cures::train::plan::parse_bytes(&g)
+                            .map_err(|e| anyhow::anyhow!("--gpu-mem: {e}"))?,
+                    ),
+                    None => cures::run::configured_memory(&c)?,
+                };
+                let (p, available) = cures::run::memory_plan(&c, given)
+                    .with_context(|| format!("{}: the memory plan", config.display()))?;
+                print!("{p}");
+                if let Some(a) = available {
+                    p.check_fits(a)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+                }
+                match available {
+                    Some(a) => println!(
+                        "# plan fits: {:.2} of {:.2} GB on {}",
+                        p.trainer_bytes() as f64 / 1e9,
+                        a as f64 / 1e9,
+                        c.model.device
+                    ),
+                    None => println!(
+                        "# plan: {} memory unknown (give --gpu-mem or run.device_memory)",
+                        c.model.device
+                    ),
+                }
+                return Ok(());
+            }
             if config_only {
                 for w in c.warnings() {
                     println!("# warning: {w}");

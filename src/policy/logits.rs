@@ -19,7 +19,7 @@ pub const DEFAULT_CHUNK_TOKENS: usize = 2048;
 /// How [`Policy::train_batch`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrainPass {
-    /// Completion tokens per LM-head chunk (≥ 1).
+    /// Completion tokens per LM-head chunk (0 = off: the whole micro-batch at once).
     pub chunk_tokens: usize,
     /// Per-block activation checkpointing.
     pub checkpoint: bool,
@@ -159,7 +159,12 @@ impl Policy {
         let hidden = self.model.forward_hidden(&p.ids, &pos, mask.as_ref(), None);
         let flat = hidden.reshape([-1, self.cfg.hidden_size]);
         let n = p.targets.size()[0];
-        let chunk = chunk_tokens.max(1) as i64;
+        // 0 = off: one chunk of every completion token.
+        let chunk = if chunk_tokens == 0 {
+            n.max(1)
+        } else {
+            chunk_tokens as i64
+        };
         let (mut lps, mut ents) = (Vec::new(), Vec::new());
         let mut a = 0;
         while a < n {
@@ -243,7 +248,11 @@ impl Policy {
         let p = self.pack(batch)?;
         let (pos, mask) = self.positions_and_mask(&p);
         let n = p.targets.size()[0];
-        let chunk = pass.chunk_tokens.max(1) as i64;
+        let chunk = if pass.chunk_tokens == 0 {
+            n.max(1)
+        } else {
+            pass.chunk_tokens as i64
+        };
         let hsize = self.cfg.hidden_size;
         self.model
             .train_pass(&p.ids, &pos, mask.as_ref(), pass.checkpoint, |hidden| {

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::policy::{weights, ModelConfig, Tokenizer};
 use crate::rollout::probe::Probe;
 use crate::rollout::EngineKind;
+use crate::train::plan::{DeviceClass, MemoryPlan};
 
 /// What `cures check` found in the inputs.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +28,32 @@ impl std::fmt::Display for InputCheck {
         }
         Ok(())
     }
+}
+
+/// The memory plan of `cfg` from its model's `config.json` alone, and the bytes available on
+/// the trainer's device when known (`available`, else the machine's memory for a CPU run):
+/// check it with [`MemoryPlan::check_fits`].
+pub fn memory_plan(cfg: &Config, available: Option<u64>) -> Result<(MemoryPlan, Option<u64>)> {
+    let dir = Path::new(&cfg.model.path);
+    let model =
+        ModelConfig::load(dir).with_context(|| format!("model.path = {}", dir.display()))?;
+    let plan = MemoryPlan::new(&model, cfg);
+    let available = available.or_else(|| {
+        (DeviceClass::of(&cfg.model.device) == DeviceClass::Cpu)
+            .then(crate::train::plan::host_memory)
+            .flatten()
+    });
+    Ok((plan, available))
+}
+
+/// `run.device_memory` parsed (empty: `None`).
+pub fn configured_memory(cfg: &Config) -> Result<Option<u64>> {
+    if cfg.run.device_memory.is_empty() {
+        return Ok(None);
+    }
+    crate::train::plan::parse_bytes(&cfg.run.device_memory)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("run.device_memory: {e}"))
 }
 
 /// Ask the servers of an `openai` run what it needs (`None` for the embedded engine).

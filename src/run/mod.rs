@@ -44,7 +44,7 @@ use crate::sync::WeightSync;
 use crate::train::{advantages, Trainer};
 
 pub use crate::rundir::schema::{EvalRow, PromptTraceRow, StepRow};
-pub use check::{check_inputs, InputCheck};
+pub use check::{check_inputs, configured_memory, memory_plan, InputCheck};
 pub use init::{init, InitRow, InitSummary};
 pub use setup::{
     device_of, encode_prompt, encode_with, eval_sets, evaluate, fit_prompts, load_dataset,
@@ -531,10 +531,16 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let raw = load_dataset(&cfg.data.train, &cfg, false)
         .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
     let evals = eval_sets(&cfg)?;
-    // The cheap checks of `cures check` and its probe, before the model loads.
+    // The cheap checks of `cures check`, its memory plan and its probe, before the model loads.
     let model_dir = Path::new(&cfg.model.path);
     if let Ok(mc) = crate::policy::ModelConfig::load(model_dir) {
         check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
+        let (plan, available) = check::memory_plan(&cfg, check::configured_memory(&cfg)?)?;
+        if let Some(a) = available {
+            plan.check_fits(a).map_err(|e| {
+                anyhow::anyhow!("{e} (see every part with `cures check --config ... --plan`)")
+            })?;
+        }
     }
     let servers = check::probe_servers(&cfg)?;
     let warn = |w: String| format!("warning: {w}");

@@ -100,6 +100,7 @@ const SAFE_KEYS: &[&str] = &[
     "run.log_rollouts",
     "run.keep_checkpoints",
     "run.tensorboard",
+    "run.device_memory",
     "data.eval",
     "data.eval_max",
     "rollout.endpoints",

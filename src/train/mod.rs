@@ -3,6 +3,7 @@
 pub mod advantage;
 pub mod loss;
 pub mod optim;
+pub mod plan;
 pub mod trainer;
 
 pub use advantage::{advantages, AdvantageKind, GroupRewards};

@@ -58,7 +58,7 @@ pub struct TrainConfig {
     /// (about one more forward of compute for a fraction of the activation memory).
     pub activation_checkpointing: bool,
     /// Completion tokens per LM-head chunk: the log-softmax never holds more than this many
-    /// rows of `[vocab]` fp32 logits.
+    /// rows of `[vocab]` fp32 logits (0 = off: a whole micro-batch at once).
     pub logits_chunk_tokens: usize,
     /// Where the KL reference model lives: `same` (the trainer's device) | `cpu` | `cuda:N`.
     /// Not loaded at all when `kl_coef = 0`.
@@ -169,9 +169,6 @@ impl TrainConfig {
                 "dual_clip",
                 format!("must be ≥ 1, got {}", self.dual_clip),
             ));
-        }
-        if self.logits_chunk_tokens == 0 {
-            return Err(bad("logits_chunk_tokens", "must be at least 1".into()));
         }
         parse_device(&self.ref_device, Device::Cpu).map_err(|r| bad("ref_device", r))?;
         if !(self.kl_coef >= 0.0 && self.entropy_coef >= 0.0) {

@@ -169,6 +169,64 @@ fn bad_configs_fail_with_the_key_and_reason() {
         "{e}"
     );
     assert!(!e.contains("panicked"), "{e}");
+    // The memory plan: from config.json alone; a plan over the memory given is refused, naming
+    // the part to shrink and its knob, by `check --plan` and by `run` before anything runs.
+    let o = cures(&[
+        "check",
+        "--config",
+        "configs/demo.toml",
+        "--plan",
+        "--gpu-mem",
+        "8GiB",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for part in [
+        "weights",
+        "optimiser state",
+        "activations",
+        "LM-head chunk",
+        "KV cache",
+    ] {
+        assert!(out.contains(&format!("# plan  {part}")), "{part}: {out}");
+    }
+    assert!(out.contains("# plan fits:"), "{out}");
+    let o = cures(&[
+        "check",
+        "--config",
+        "configs/demo.toml",
+        "--plan",
+        "--gpu-mem",
+        "200MB",
+    ]);
+    assert!(!o.status.success(), "a plan over --gpu-mem passed");
+    let e = stderr(&o);
+    assert!(
+        e.contains("200MB") || e.contains("0.20 GB are available"),
+        "{e}"
+    );
+    assert!(
+        e.contains("train.micro_batch_tokens"),
+        "names the knob: {e}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("run");
+    let o = cures(&[
+        "run",
+        "--config",
+        "configs/demo.toml",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "run.device_memory=200MB",
+    ]);
+    assert!(!o.status.success(), "run started over its memory");
+    assert!(
+        stderr(&o).contains("train.micro_batch_tokens") && stderr(&o).contains("--plan"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out_dir.exists(), "a refused start leaves no run directory");
     // --set errors, on any command.
     let o = cures(&["simulate", "--set", "curriculum.tau=0", "--quiet"]);
     assert!(!o.status.success());

@@ -112,6 +112,12 @@ fn chunked_logprobs_equal_the_full_computation() {
         // full log-softmax.
         let batched = tch::no_grad(|| p.logprobs(&s, 1 << 16)).expect("logprobs");
         let chunked = tch::no_grad(|| p.token_logprobs(&s, 1 << 16, 3)).expect("chunked");
+        // logits_chunk_tokens = 0: off, one chunk of everything; the same values.
+        let whole = tch::no_grad(|| p.token_logprobs(&s, 1 << 16, 0)).expect("unchunked");
+        for (a, b) in chunked.iter().zip(&whole) {
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{name}: chunk 0 (off) differs by {d}");
+        }
         for (i, x) in s.iter().enumerate() {
             let (lp, ent) = tch::no_grad(|| full_logprobs(&p, x));
             let d = (&batched[i].logprobs - &lp).abs().max().double_value(&[]);

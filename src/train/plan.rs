@@ -1,0 +1,394 @@
+//! The memory plan of a run: the bytes each part takes on each device, from the model's
+//! `config.json` and the run's config alone (`cures check --plan`, and `cures run` before it
+//! loads anything). Pure arithmetic; the activation and LM-head terms are calibrated against the
+//! peak resident memory of one update on a CPU (`cures bench train-step --preset ...`, which
+//! prints the measured peak beside this estimate).
+
+use crate::config::Config;
+use crate::policy::ModelConfig;
+use crate::rollout::EngineKind;
+
+use super::optim::Precision;
+
+/// Where the trainer runs, as far as memory is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceClass {
+    /// A CPU: attention saves its `[T × T]` probabilities per head (the math kernel).
+    Cpu,
+    /// A CUDA GPU: fused attention keeps O(T) per head.
+    Cuda,
+}
+
+impl DeviceClass {
+    /// From `model.device` (`cpu`, `cuda`, `cuda:N`).
+    pub fn of(device: &str) -> Self {
+        if device.starts_with("cuda") {
+            DeviceClass::Cuda
+        } else {
+            DeviceClass::Cpu
+        }
+    }
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanPart {
+    /// What it is.
+    pub name: &'static str,
+    /// Bytes.
+    pub bytes: u64,
+    /// How it was computed, for the user.
+    pub how: String,
+    /// Which device holds it: `true` = the trainer's, `false` = the reference's.
+    pub trainer: bool,
+}
+
+/// The plan: every part, and what to turn when it does not fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    /// Parts in the order they are listed.
+    pub parts: Vec<PlanPart>,
+    /// `model.device`.
+    pub device: String,
+    /// `train.ref_device` resolved (`None`: the trainer's device).
+    pub ref_device: Option<String>,
+}
+
+/// Bytes of one element of a `model.dtype` spelling.
+fn dtype_bytes(dtype: &str) -> u64 {
+    match dtype.to_ascii_lowercase().as_str() {
+        "bf16" | "bfloat16" | "f16" | "float16" | "half" => 2,
+        _ => 4,
+    }
+}
+
+/// Activation bytes per token and decoder layer, in units of the element size, saved for the
+/// backward of one block without checkpointing: the two RMSNorms (input, squares, scale: 3H
+/// each), RoPE's rotated q and k (2Q + 2KV), the attention output (Q), and the SwiGLU MLP (gate,
+/// silu, up, product: 4I), plus the q, k, v projections (Q + 2KV).
+fn per_token_layer(m: &ModelConfig) -> u64 {
+    let h = m.hidden_size as u64;
+    let q = (m.num_attention_heads * m.head_dim()) as u64;
+    let kv = (m.kv_heads() * m.head_dim()) as u64;
+    let i = m.intermediate_size as u64;
+    6 * h + 4 * q + 4 * kv + 4 * i
+}
+
+/// fp32 `[chunk × vocab]` tensors alive at once in one LM-head chunk with its backward: the
+/// logits (compute dtype, then fp32), their exponentials for the log-sum-exp and the gradient.
+const HEAD_COPIES: u64 = 4;
+
+impl MemoryPlan {
+    /// The plan of `cfg` for model `m`.
+    pub fn new(m: &ModelConfig, cfg: &Config) -> Self {
+        let p = m.num_params().max(0) as u64;
+        let w = dtype_bytes(&cfg.model.dtype);
+        let kind = if w == 2 {
+            tch::Kind::BFloat16
+        } else {
+            tch::Kind::Float
+        };
+        let precision = cfg.train.precision.resolve(kind).unwrap_or(Precision::Fp32);
+        let mut parts = Vec::new();
+        let mut part = |name, bytes: u64, how: String, trainer| {
+            parts.push(PlanPart {
+                name,
+                bytes,
+                how,
+                trainer,
+            })
+        };
+        part(
+            "weights",
+            p * w,
+            format!("{p} parameters x {w} B ({})", cfg.model.dtype),
+            true,
+        );
+        part("gradients", p * w, format!("{p} x {w} B"), true);
+        let (per, what) = match precision {
+            Precision::Bf16Mixed => (16, "fp32 master 4 B + moments 8 B + accumulator 4 B"),
+            Precision::Pure => (2 * w, "two moments in model.dtype"),
+            _ => (8, "two fp32 moments"),
+        };
+        part(
+            "optimiser state",
+            p * per,
+            format!(
+                "{p} x {per} B: {what} (train.precision = {})",
+                precision.name()
+            ),
+            true,
+        );
+        // The longest sequence a micro-batch holds, and its tokens.
+        let t = cfg.train.micro_batch_tokens.max(1) as u64;
+        let ctx = m.max_position_embeddings.max(1) as u64;
+        let prompt = match cfg.data.max_prompt_tokens {
+            0 => ctx.saturating_sub(cfg.rollout.max_tokens as u64),
+            n => n as u64,
+        };
+        let seq = (prompt + cfg.rollout.max_tokens as u64)
+            .min(ctx)
+            .min(t)
+            .max(1);
+        let layers = m.num_hidden_layers.max(0) as u64;
+        let cpu = DeviceClass::of(&cfg.model.device) == DeviceClass::Cpu;
+        // CPU attention keeps scores and probabilities, [heads × T × T] per sequence.
+        let attn = if cpu {
+            2 * m.num_attention_heads as u64 * seq
+        } else {
+            0
+        };
+        let block = (per_token_layer(m) + attn) * w;
+        let h = m.hidden_size as u64;
+        let act = if cfg.train.activation_checkpointing {
+            // Each block's input, and one block recomputed at a time.
+            t * (layers * h * w + block)
+        } else {
+            t * layers * block
+        } + t * 3 * h * w;
+        part(
+            "activations",
+            act,
+            format!(
+                "one micro-batch of train.micro_batch_tokens = {t} tokens (sequences up to {seq}), \
+                 {layers} layers{}{}",
+                if cfg.train.activation_checkpointing {
+                    ", checkpointed"
+                } else {
+                    ""
+                },
+                if cpu { ", CPU attention [T x T]" } else { "" }
+            ),
+            true,
+        );
+        let chunk = match cfg.train.logits_chunk_tokens {
+            0 => t,
+            c => (c as u64).min(t),
+        };
+        let v = m.vocab_size.max(0) as u64;
+        part(
+            "LM-head chunk",
+            chunk * v * 4 * HEAD_COPIES,
+            format!(
+                "{chunk} tokens x {v} vocabulary x 4 B x {HEAD_COPIES} (train.logits_chunk_tokens \
+                 = {})",
+                cfg.train.logits_chunk_tokens
+            ),
+            true,
+        );
+        let same = |d: &str| matches!(d, "" | "same") || d == cfg.model.device;
+        let ref_elsewhere = !same(&cfg.train.ref_device);
+        if cfg.train.kl_coef > 0.0 {
+            part(
+                "reference model",
+                p * w,
+                format!("{p} x {w} B (train.kl_coef > 0)"),
+                !ref_elsewhere,
+            );
+        }
+        if cfg.rollout.engine == EngineKind::Embedded {
+            let rows = match cfg.rollout.max_batch {
+                0 => cfg.batch.budget as u64,
+                r => r as u64,
+            };
+            let kv = (m.kv_heads() * m.head_dim()) as u64;
+            part(
+                "KV cache (embedded engine)",
+                rows * seq * layers * 2 * kv * w,
+                format!(
+                    "{rows} rows (rollout.max_batch = {}, 0 = the whole batch; stage 0 decodes \
+                     the pool x N' unless it is set) x {seq} tokens",
+                    cfg.rollout.max_batch
+                ),
+                true,
+            );
+        }
+        MemoryPlan {
+            parts,
+            device: cfg.model.device.clone(),
+            ref_device: ref_elsewhere.then(|| cfg.train.ref_device.clone()),
+        }
+    }
+
+    /// Bytes on the trainer's device.
+    pub fn trainer_bytes(&self) -> u64 {
+        self.parts
+            .iter()
+            .filter(|p| p.trainer)
+            .map(|p| p.bytes)
+            .sum()
+    }
+
+    /// Bytes of one part by name (0 when absent).
+    pub fn part(&self, name: &str) -> u64 {
+        self.parts
+            .iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.bytes)
+            .sum()
+    }
+
+    /// `Err` with the knobs to turn when the trainer's device cannot hold the plan.
+    pub fn check_fits(&self, available: u64) -> Result<(), String> {
+        let need = self.trainer_bytes();
+        if need <= available {
+            return Ok(());
+        }
+        let mut big: Vec<&PlanPart> = self.parts.iter().filter(|p| p.trainer).collect();
+        big.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+        let knobs: Vec<&str> = big
+            .iter()
+            .take(2)
+            .map(|p| match p.name {
+                "activations" => {
+                    "lower train.micro_batch_tokens (or set train.activation_checkpointing = true)"
+                }
+                "LM-head chunk" => "lower train.logits_chunk_tokens",
+                "KV cache (embedded engine)" => "set rollout.max_batch",
+                "reference model" => "set train.ref_device = \"cpu\"",
+                _ => {
+                    "use a smaller model, LoRA or more GPUs (weights, gradients and optimiser \
+                     state do not shrink with the batch)"
+                }
+            })
+            .collect();
+        Err(format!(
+            "the plan needs {:.2} GB on {} but {:.2} GB are available; the largest parts are {}: \
+             {}",
+            need as f64 / 1e9,
+            self.device,
+            available as f64 / 1e9,
+            big.iter()
+                .take(2)
+                .map(|p| format!("{} ({:.2} GB)", p.name, p.bytes as f64 / 1e9))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            knobs.join("; or ")
+        ))
+    }
+}
+
+impl std::fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.parts {
+            let dev = if p.trainer {
+                self.device.as_str()
+            } else {
+                self.ref_device.as_deref().unwrap_or("")
+            };
+            writeln!(
+                f,
+                "# plan  {:<28} {:>10.3} GB  on {dev:<6}  {}",
+                p.name,
+                p.bytes as f64 / 1e9,
+                p.how
+            )?;
+        }
+        writeln!(
+            f,
+            "# plan  {:<28} {:>10.3} GB  on {}",
+            "total",
+            self.trainer_bytes() as f64 / 1e9,
+            self.device
+        )
+    }
+}
+
+/// Parse a memory size: `80GiB`, `80GB`, `141G`, `512MiB`, or bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 80GiB, 80GB, 141G)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024.0f64.powi(4),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use GiB, GB, MiB, ...)"
+            ))
+        }
+    };
+    Ok((x * mult) as u64)
+}
+
+/// This machine's memory (`MemTotal` of /proc/meminfo), the limit of a CPU run.
+pub fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qwen15() -> ModelConfig {
+        let j = serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+            "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+            "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+            "tie_word_embeddings": true
+        });
+        ModelConfig::from_json_str(&j.to_string(), "qwen2.5-math-1.5b").expect("config")
+    }
+
+    #[test]
+    fn bf16_mixed_costs_sixteen_bytes_per_parameter_beside_the_weights() {
+        let m = qwen15();
+        let mut c = Config::default();
+        c.model.dtype = "bf16".into();
+        c.model.device = "cuda".into();
+        c.rollout.engine = EngineKind::Openai;
+        c.train.kl_coef = 0.001;
+        let plan = MemoryPlan::new(&m, &c);
+        let p = m.num_params() as u64;
+        assert!((1_500_000_000..1_600_000_000).contains(&p), "{p}");
+        assert_eq!(plan.part("weights"), 2 * p);
+        assert_eq!(plan.part("optimiser state"), 16 * p);
+        assert_eq!(
+            plan.part("KV cache (embedded engine)"),
+            0,
+            "a server generates"
+        );
+        // Off-device reference: not on the trainer's total.
+        let before = plan.trainer_bytes();
+        c.train.ref_device = "cpu".into();
+        let moved = MemoryPlan::new(&m, &c);
+        assert_eq!(before - moved.trainer_bytes(), 2 * p);
+        assert!(moved.check_fits(1 << 30).unwrap_err().contains("lower"));
+        assert_eq!(parse_bytes("80GiB"), Ok(80 << 30));
+        assert_eq!(parse_bytes("80 GB"), Ok(80_000_000_000));
+        assert!(parse_bytes("eighty").is_err());
+    }
+
+    #[test]
+    fn chunking_and_checkpointing_shrink_their_parts() {
+        let m = qwen15();
+        let mut c = Config::default();
+        c.model.device = "cuda".into();
+        c.train.micro_batch_tokens = 32768;
+        c.train.logits_chunk_tokens = 0;
+        let off = MemoryPlan::new(&m, &c).part("LM-head chunk");
+        c.train.logits_chunk_tokens = 2048;
+        let on = MemoryPlan::new(&m, &c).part("LM-head chunk");
+        assert_eq!(off, 16 * on);
+        let full = MemoryPlan::new(&m, &c).part("activations");
+        c.train.activation_checkpointing = true;
+        let ck = MemoryPlan::new(&m, &c).part("activations");
+        assert!(ck * 5 < full, "{ck} vs {full}");
+    }
+}
