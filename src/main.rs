@@ -268,6 +268,14 @@ enum BenchCommand {
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
+        /// Instead: peak memory and tokens/s of the update with the LM head chunked (512, the default) and
+        /// not (0), each in its own child process, beside the memory plan (`big-vocab`: 2
+        /// layers, hidden 256, vocabulary 151 936, 4 x 1024 tokens; `small`).
+        #[arg(long)]
+        preset: Option<String>,
+        /// (internal) measure one chunk size in this process and print it as JSON.
+        #[arg(long, hide = true, requires = "preset")]
+        child_chunk: Option<usize>,
     },
     /// Greedy generation tokens/s with the KV cache vs recomputing the prefix.
     Generate {
@@ -350,7 +358,21 @@ fn run(cli: Cli) -> Result<()> {
                     ),
                     None => cures::run::configured_memory(&c)?,
                 };
-                let (p, available) = cures::run::memory_plan(&c, given)
+                // Sequences are sized by the longest prompt of the data when it can be read.
+                let longest = match cures::run::longest_prompt(&c) {
+                    Ok(n) => {
+                        println!("# longest prompt of data.train: {n} tokens");
+                        Some(n)
+                    }
+                    Err(e) => {
+                        println!(
+                            "# data.train not read ({e:#}): sequences planned at the context's \
+                             length"
+                        );
+                        None
+                    }
+                };
+                let (p, available) = cures::run::memory_plan(&c, given, longest)
                     .with_context(|| format!("{}: the memory plan", config.display()))?;
                 print!("{p}");
                 if let Some(a) = available {
@@ -391,11 +413,52 @@ fn run(cli: Cli) -> Result<()> {
         )?,
         Command::Diff(args) => cures::policy::diff::run(&args)?,
         Command::Bench(BenchCommand::TrainStep {
+            preset: Some(name),
+            child_chunk,
+            steps,
+            json,
+            ..
+        }) => {
+            use cures::bench::head_memory;
+            let preset = head_memory::Preset::named(&name)?;
+            if let Some(chunk) = child_chunk {
+                let r = head_memory::measure(&preset, chunk, steps)?;
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let rs = head_memory::run(&preset, &[cures::policy::DEFAULT_CHUNK_TOKENS, 0], steps)?;
+            println!(
+                "update of {} x {} tokens, vocabulary {} ({} layers, hidden {}), CPU:",
+                preset.batch, preset.seq, preset.vocab, preset.layers, preset.hidden
+            );
+            for r in &rs {
+                println!(
+                    "  logits_chunk_tokens {:>5}: peak {:>8.1} MB (plan {:>8.1} MB, {:+.0}%), {:>9.1} tokens/s",
+                    r.chunk,
+                    r.peak_bytes as f64 / 1e6,
+                    r.plan_bytes as f64 / 1e6,
+                    100.0 * (r.plan_bytes as f64 / r.peak_bytes.max(1) as f64 - 1.0),
+                    r.tokens_per_s
+                );
+            }
+            if let [on, off] = &rs[..] {
+                println!(
+                    "  chunked / unchunked: peak {:.3}x, tokens/s {:.3}x",
+                    on.peak_bytes as f64 / off.peak_bytes.max(1) as f64,
+                    on.tokens_per_s / off.tokens_per_s
+                );
+            }
+            if json {
+                println!("{}", serde_json::to_string(&rs)?);
+            }
+        }
+        Command::Bench(BenchCommand::TrainStep {
             batch,
             seq,
             steps,
             no_reference,
             json,
+            ..
         }) => {
             let b = cures::bench::train_step::TrainStepBench {
                 batch,

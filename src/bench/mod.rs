@@ -6,6 +6,7 @@ pub mod all;
 pub mod checkpoint;
 pub mod client;
 pub mod curriculum;
+pub mod head_memory;
 pub mod optim;
 pub mod publish;
 pub mod reward;

@@ -58,7 +58,7 @@ pub fn bench_config() -> ModelConfig {
 }
 
 /// A byte-level tokenizer stub for benches (never used to encode: benches feed ids).
-fn bench_tokenizer() -> Result<Tokenizer> {
+pub(crate) fn bench_tokenizer() -> Result<Tokenizer> {
     let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
       "normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,
       "model":{"type":"WordLevel","vocab":{"<unk>":0,"a":1},"unk_token":"<unk>"}}"#;

@@ -14,7 +14,10 @@ use tch::{Kind, Tensor};
 use super::{causal_mask, positions_from_mask, Policy, SeqLogprobs};
 
 /// Completion tokens per LM-head chunk when the caller does not say.
-pub const DEFAULT_CHUNK_TOKENS: usize = 2048;
+pub const DEFAULT_CHUNK_TOKENS: usize = 512;
+
+/// Rows per piece of the detached entropy statistic, so it adds no `[chunk × vocab]` tensors.
+const ENTROPY_ROWS: i64 = 128;
 
 /// How [`Policy::train_batch`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +144,22 @@ impl Policy {
         let ent = match entropy {
             None => None,
             Some(true) => Some(ent_of(&logits, &lse)),
-            Some(false) => Some(tch::no_grad(|| ent_of(&logits.detach(), &lse.detach()))),
+            Some(false) => Some(tch::no_grad(|| {
+                let (l, s) = (logits.detach(), lse.detach());
+                let n = l.size()[0];
+                let parts: Vec<Tensor> = (0..n)
+                    .step_by(ENTROPY_ROWS as usize)
+                    .map(|a| {
+                        let k = ENTROPY_ROWS.min(n - a);
+                        ent_of(&l.narrow(0, a, k), &s.narrow(0, a, k))
+                    })
+                    .collect();
+                if parts.is_empty() {
+                    s.zeros_like()
+                } else {
+                    Tensor::cat(&parts, 0)
+                }
+            })),
         };
         (lp, ent)
     }

@@ -30,14 +30,19 @@ impl std::fmt::Display for InputCheck {
     }
 }
 
-/// The memory plan of `cfg` from its model's `config.json` alone, and the bytes available on
-/// the trainer's device when known (`available`, else the machine's memory for a CPU run):
-/// check it with [`MemoryPlan::check_fits`].
-pub fn memory_plan(cfg: &Config, available: Option<u64>) -> Result<(MemoryPlan, Option<u64>)> {
+/// The memory plan of `cfg` from its model's `config.json` and the longest training prompt
+/// when known (`None`: the longest the context allows), and the bytes available on the
+/// trainer's device when known (`available`, else the machine's memory for a CPU run): check it
+/// with [`MemoryPlan::check_fits`].
+pub fn memory_plan(
+    cfg: &Config,
+    available: Option<u64>,
+    longest_prompt: Option<usize>,
+) -> Result<(MemoryPlan, Option<u64>)> {
     let dir = Path::new(&cfg.model.path);
     let model =
         ModelConfig::load(dir).with_context(|| format!("model.path = {}", dir.display()))?;
-    let plan = MemoryPlan::new(&model, cfg);
+    let plan = MemoryPlan::new(&model, cfg, longest_prompt);
     let available = available.or_else(|| {
         (DeviceClass::of(&cfg.model.device) == DeviceClass::Cpu)
             .then(crate::train::plan::host_memory)
@@ -86,6 +91,29 @@ pub fn check_stop_ids(cfg: &Config, vocab: i64, model_dir: &Path) -> Result<()> 
     Ok(())
 }
 
+/// A model directory's config and tokenizer, without its weights.
+pub fn model_and_tokenizer(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
+    let model = ModelConfig::load(dir).with_context(|| format!("model {}", dir.display()))?;
+    let pad = model
+        .pad_token_id
+        .as_ref()
+        .and_then(|p| p.to_vec().first().copied());
+    let tok = Tokenizer::load(dir, &model.eos_ids(), pad)
+        .with_context(|| format!("model {}", dir.display()))?;
+    Ok((model, tok))
+}
+
+/// The longest training prompt in tokens, as `cures run` fits the data to the model's context
+/// (servers not asked): what the memory plan sizes a sequence by.
+pub fn longest_prompt(cfg: &Config) -> Result<usize> {
+    let train = load_dataset(&cfg.data.train, cfg, false)
+        .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
+    let (model, tok) = model_and_tokenizer(Path::new(&cfg.model.path))?;
+    let context = ContextLimit::of_model(model.max_position_embeddings);
+    let fit = fit_prompts(&tok, &context, cfg, train)?;
+    Ok(fit.prompt_ids.iter().map(Vec::len).max().unwrap_or(0))
+}
+
 /// Check the inputs `cures run` reads, as it reads them; with `probe`, also ask the inference
 /// servers (health, model name, context, the routes the sync needs).
 pub fn check_inputs(cfg: &Config, probe: bool) -> Result<InputCheck> {
@@ -112,12 +140,7 @@ pub fn check_inputs(cfg: &Config, probe: bool) -> Result<InputCheck> {
         model.vocab_size,
         model.max_position_embeddings
     ));
-    let pad = model
-        .pad_token_id
-        .as_ref()
-        .and_then(|p| p.to_vec().first().copied());
-    let tok = Tokenizer::load(dir, &model.eos_ids(), pad)
-        .with_context(|| format!("model.path = {}", dir.display()))?;
+    let (_, tok) = model_and_tokenizer(dir)?;
     check_stop_ids(cfg, model.vocab_size, dir)?;
     let servers = if probe { probe_servers(cfg)? } else { None };
     if let Some(p) = &servers {

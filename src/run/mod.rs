@@ -44,7 +44,7 @@ use crate::sync::WeightSync;
 use crate::train::{advantages, Trainer};
 
 pub use crate::rundir::schema::{EvalRow, PromptTraceRow, StepRow};
-pub use check::{check_inputs, configured_memory, memory_plan, InputCheck};
+pub use check::{check_inputs, configured_memory, longest_prompt, memory_plan, InputCheck};
 pub use init::{init, InitRow, InitSummary};
 pub use setup::{
     device_of, encode_prompt, encode_with, eval_sets, evaluate, fit_prompts, load_dataset,
@@ -531,27 +531,30 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let raw = load_dataset(&cfg.data.train, &cfg, false)
         .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
     let evals = eval_sets(&cfg)?;
-    // The cheap checks of `cures check`, its memory plan and its probe, before the model loads.
+    // The cheap checks of `cures check`, its probe and its memory plan, before the model loads.
     let model_dir = Path::new(&cfg.model.path);
-    if let Ok(mc) = crate::policy::ModelConfig::load(model_dir) {
-        check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
-        let (plan, available) = check::memory_plan(&cfg, check::configured_memory(&cfg)?)?;
-        if let Some(a) = available {
-            plan.check_fits(a).map_err(|e| {
-                anyhow::anyhow!("{e} (see every part with `cures check --config ... --plan`)")
-            })?;
-        }
-    }
     let servers = check::probe_servers(&cfg)?;
     let warn = |w: String| format!("warning: {w}");
     let mut early: Vec<String> = cfg.warnings().into_iter().map(warn).collect();
     if let Some(p) = &servers {
         early.extend(p.lines(cfg.rollout.sync));
     }
+    let policy_dir = saved
+        .as_ref()
+        .map_or(model_dir.to_path_buf(), |s| s.dir.join("policy"));
+    let (mc, tok) = check::model_and_tokenizer(&policy_dir)
+        .with_context(|| format!("model.path = {}", cfg.model.path))?;
+    check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
+    let context = ContextLimit::of_model(mc.max_position_embeddings).with_servers(servers.as_ref());
+    let data = fit_prompts(&tok, &context, &cfg, raw)?;
+    let longest = data.prompt_ids.iter().map(Vec::len).max();
+    let (plan, available) = check::memory_plan(&cfg, check::configured_memory(&cfg)?, longest)?;
+    if let Some(a) = available {
+        plan.check_fits(a).map_err(|e| {
+            anyhow::anyhow!("{e} (see every part with `cures check --config ... --plan`)")
+        })?;
+    }
     let mut m = Models::load(&cfg, saved.as_ref())?;
-    let context = ContextLimit::of_model(m.policy.config().max_position_embeddings)
-        .with_servers(servers.as_ref());
-    let data = fit_prompts(m.policy.tokenizer(), &context, &cfg, raw)?;
     early.extend(cfg.pool_warnings(data.examples.len()).into_iter().map(warn));
     let print = crate::rundir::dataset_fingerprint(&data.examples);
     let (mut cur, mut counters) = match saved {

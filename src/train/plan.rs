@@ -74,13 +74,18 @@ fn per_token_layer(m: &ModelConfig) -> u64 {
     6 * h + 4 * q + 4 * kv + 4 * i
 }
 
-/// fp32 `[chunk × vocab]` tensors alive at once in one LM-head chunk with its backward: the
-/// logits (compute dtype, then fp32), their exponentials for the log-sum-exp and the gradient.
-const HEAD_COPIES: u64 = 4;
+/// fp32 `[chunk × vocab]` tensors alive at once in one LM-head chunk with its backward (the
+/// logits in the compute dtype and in fp32, the log-sum-exp's exponentials, the gradients of
+/// the gather and of the log-sum-exp): 5, as measured by `cures bench train-step --preset
+/// big-vocab` without chunking (12.3 GB for 4096 x 151 936 x 4 B = 2.49 GB).
+const HEAD_COPIES: u64 = 5;
 
 impl MemoryPlan {
     /// The plan of `cfg` for model `m`.
-    pub fn new(m: &ModelConfig, cfg: &Config) -> Self {
+    ///
+    /// `longest_prompt`: the longest tokenised prompt of the training data, when it was read
+    /// (`None`: the worst case, `data.max_prompt_tokens` or the context).
+    pub fn new(m: &ModelConfig, cfg: &Config, longest_prompt: Option<usize>) -> Self {
         let p = m.num_params().max(0) as u64;
         let w = dtype_bytes(&cfg.model.dtype);
         let kind = if w == 2 {
@@ -119,17 +124,23 @@ impl MemoryPlan {
             ),
             true,
         );
-        // The longest sequence a micro-batch holds, and its tokens.
-        let t = cfg.train.micro_batch_tokens.max(1) as u64;
+        // The longest sequence a micro-batch holds, and its tokens: the longest prompt of the
+        // data when it is known, else the longest the context allows; a micro-batch never holds
+        // more than the step's budget of such sequences.
         let ctx = m.max_position_embeddings.max(1) as u64;
-        let prompt = match cfg.data.max_prompt_tokens {
-            0 => ctx.saturating_sub(cfg.rollout.max_tokens as u64),
-            n => n as u64,
+        let max_tokens = cfg.rollout.max_tokens as u64;
+        let (prompt, from) = match (longest_prompt, cfg.data.max_prompt_tokens) {
+            (Some(n), _) => (n as u64, "the longest prompt of data.train"),
+            (None, 0) => (
+                ctx.saturating_sub(max_tokens),
+                "the context, as data.train was not read",
+            ),
+            (None, n) => (n as u64, "data.max_prompt_tokens"),
         };
-        let seq = (prompt + cfg.rollout.max_tokens as u64)
-            .min(ctx)
-            .min(t)
-            .max(1);
+        let seq = (prompt + max_tokens).min(ctx).max(1);
+        let budget = (cfg.batch.budget.max(1) as u64).saturating_mul(seq);
+        let t = (cfg.train.micro_batch_tokens.max(1) as u64).min(budget);
+        let seq = seq.min(t);
         let layers = m.num_hidden_layers.max(0) as u64;
         let cpu = DeviceClass::of(&cfg.model.device) == DeviceClass::Cpu;
         // CPU attention keeps scores and probabilities, [heads × T × T] per sequence.
@@ -150,8 +161,10 @@ impl MemoryPlan {
             "activations",
             act,
             format!(
-                "one micro-batch of train.micro_batch_tokens = {t} tokens (sequences up to {seq}), \
-                 {layers} layers{}{}",
+                "one micro-batch of {t} tokens (train.micro_batch_tokens = {}, at most \
+                 batch.budget x the longest sequence), sequences up to {seq} tokens ({from} + \
+                 rollout.max_tokens), {layers} layers{}{}",
+                cfg.train.micro_batch_tokens,
                 if cfg.train.activation_checkpointing {
                     ", checkpointed"
                 } else {
@@ -354,7 +367,7 @@ mod tests {
         c.model.device = "cuda".into();
         c.rollout.engine = EngineKind::Openai;
         c.train.kl_coef = 0.001;
-        let plan = MemoryPlan::new(&m, &c);
+        let plan = MemoryPlan::new(&m, &c, None);
         let p = m.num_params() as u64;
         assert!((1_500_000_000..1_600_000_000).contains(&p), "{p}");
         assert_eq!(plan.part("weights"), 2 * p);
@@ -367,7 +380,7 @@ mod tests {
         // Off-device reference: not on the trainer's total.
         let before = plan.trainer_bytes();
         c.train.ref_device = "cpu".into();
-        let moved = MemoryPlan::new(&m, &c);
+        let moved = MemoryPlan::new(&m, &c, None);
         assert_eq!(before - moved.trainer_bytes(), 2 * p);
         assert!(moved.check_fits(1 << 30).unwrap_err().contains("lower"));
         assert_eq!(parse_bytes("80GiB"), Ok(80 << 30));
@@ -382,13 +395,60 @@ mod tests {
         c.model.device = "cuda".into();
         c.train.micro_batch_tokens = 32768;
         c.train.logits_chunk_tokens = 0;
-        let off = MemoryPlan::new(&m, &c).part("LM-head chunk");
+        let off = MemoryPlan::new(&m, &c, None).part("LM-head chunk");
         c.train.logits_chunk_tokens = 2048;
-        let on = MemoryPlan::new(&m, &c).part("LM-head chunk");
+        let on = MemoryPlan::new(&m, &c, None).part("LM-head chunk");
         assert_eq!(off, 16 * on);
-        let full = MemoryPlan::new(&m, &c).part("activations");
+        assert_eq!(on, 2048 * 151_936 * 4 * HEAD_COPIES);
+        let full = MemoryPlan::new(&m, &c, None).part("activations");
         c.train.activation_checkpointing = true;
-        let ck = MemoryPlan::new(&m, &c).part("activations");
+        let ck = MemoryPlan::new(&m, &c, None).part("activations");
         assert!(ck * 5 < full, "{ck} vs {full}");
+    }
+
+    #[test]
+    fn a_sequence_is_sized_by_the_longest_prompt_and_a_micro_batch_by_the_budget() {
+        // The server tests' shape: a CPU run, micro_batch_tokens 16384, 24-token completions,
+        // 16 completions a step. Sized by the context (4096), CPU attention alone is hundreds
+        // of GB; the data's longest prompt (100 tokens) and the budget bound it honestly:
+        // 16384 x (52 224 + 2 x 12 x 4096) against 1984 x (52 224 + 2 x 12 x 124) per layer.
+        let m = qwen15();
+        let mut c = Config::default();
+        c.model.device = "cpu".into();
+        c.train.micro_batch_tokens = 16384;
+        c.rollout.max_tokens = 24;
+        c.batch.budget = 16;
+        let worst = MemoryPlan::new(&m, &c, None);
+        let known = MemoryPlan::new(&m, &c, Some(100));
+        assert!(worst.part("activations") > 20 * known.part("activations"));
+        let how = |p: &MemoryPlan| {
+            p.parts
+                .iter()
+                .find(|x| x.name == "activations")
+                .map(|x| x.how.clone())
+                .unwrap_or_default()
+        };
+        // 16 x (100 + 24) = 1984 tokens in the largest micro-batch.
+        assert!(
+            how(&known).starts_with("one micro-batch of 1984 tokens"),
+            "{}",
+            how(&known)
+        );
+        assert!(
+            how(&known).contains("sequences up to 124 tokens"),
+            "{}",
+            how(&known)
+        );
+        assert!(
+            how(&worst).contains("sequences up to 4096 tokens"),
+            "{}",
+            how(&worst)
+        );
+        assert_eq!(known.part("LM-head chunk"), 512 * 151_936 * 4 * HEAD_COPIES);
+        // Exactly the per-token terms times the tokens: the estimate is linear in them.
+        let mut twice = c.clone();
+        twice.batch.budget = 32;
+        let t2 = MemoryPlan::new(&m, &twice, Some(100)).part("activations");
+        assert_eq!(t2, 2 * known.part("activations"));
     }
 }

@@ -123,3 +123,41 @@ fn diff_counts_moved_weights_and_names_a_mismatch() {
     assert!(err.contains("tensor "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The memory plan's activations + LM-head chunk against the measured peak of the same update
+/// (`cures bench train-step --preset small`: the peak RSS one update adds, in a child process per
+/// chunk size, see src/bench/head_memory.rs): within ±30%, chunked and not.
+#[test]
+fn the_memory_plan_matches_the_measured_peak_of_an_update() {
+    let _serial = crate::support::serial();
+    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args([
+            "bench",
+            "train-step",
+            "--preset",
+            "small",
+            "--steps",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("cures bench");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(out.lines().last().expect("json line")).expect("json");
+    assert_eq!(rows.len(), 2, "chunked and unchunked: {out}");
+    for r in &rows {
+        let (peak, plan) = (
+            r["peak_bytes"].as_f64().expect("peak"),
+            r["plan_bytes"].as_f64().expect("plan"),
+        );
+        assert!(peak > 1e6, "a measured peak: {r}");
+        let err = plan / peak - 1.0;
+        assert!(err.abs() <= 0.3, "plan off by {:+.0}%: {r}", 100.0 * err);
+    }
+}

@@ -191,6 +191,28 @@ fn bad_configs_fail_with_the_key_and_reason() {
         assert!(out.contains(&format!("# plan  {part}")), "{part}: {out}");
     }
     assert!(out.contains("# plan fits:"), "{out}");
+    // Sequences are sized by the data's longest prompt, not the context, when the data reads.
+    assert!(
+        out.contains("# longest prompt of data.train: ")
+            && out.contains("(the longest prompt of data.train + rollout.max_tokens)"),
+        "{out}"
+    );
+    let o = cures(&[
+        "check",
+        "--config",
+        "configs/demo.toml",
+        "--plan",
+        "--set",
+        "data.train=no/such/train.jsonl",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("# data.train not read (")
+            && out.contains("no/such/train.jsonl")
+            && out.contains("(the context, as data.train was not read + rollout.max_tokens)"),
+        "{out}"
+    );
     let o = cures(&[
         "check",
         "--config",
