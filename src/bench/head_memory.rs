@@ -36,9 +36,10 @@ pub struct Preset {
     pub seq: usize,
 }
 
-/// The presets: the big vocabulary (Qwen2.5's 151 936 at a toy width), and a small one
-/// the test suite measures.
-pub const PRESETS: [Preset; 2] = [
+/// The presets: the big vocabulary (Qwen2.5's 151 936 at a toy width), a small one the
+/// test suite measures, and long sequences (where attention would keep `[T x T]` per head if
+/// its kernel materialised it).
+pub const PRESETS: [Preset; 3] = [
     Preset {
         name: "big-vocab",
         layers: 2,
@@ -54,6 +55,14 @@ pub const PRESETS: [Preset; 2] = [
         vocab: 16_384,
         batch: 4,
         seq: 512,
+    },
+    Preset {
+        name: "long",
+        layers: 2,
+        hidden: 256,
+        vocab: 4096,
+        batch: 2,
+        seq: 4096,
     },
 ];
 

@@ -138,25 +138,31 @@ impl MemoryPlan {
             (None, n) => (n as u64, "data.max_prompt_tokens"),
         };
         let seq = (prompt + max_tokens).min(ctx).max(1);
+        // A sequence longer than train.micro_batch_tokens makes a micro-batch of its own.
         let budget = (cfg.batch.budget.max(1) as u64).saturating_mul(seq);
-        let t = (cfg.train.micro_batch_tokens.max(1) as u64).min(budget);
-        let seq = seq.min(t);
+        let t = (cfg.train.micro_batch_tokens.max(1) as u64)
+            .min(budget)
+            .max(seq);
         let layers = m.num_hidden_layers.max(0) as u64;
         let cpu = DeviceClass::of(&cfg.model.device) == DeviceClass::Cpu;
-        // CPU attention keeps scores and probabilities, [heads × T × T] per sequence.
+        // CPU attention (libtorch's flash kernel) saves O(T) per head for the backward, but one
+        // fp32 [heads x T x T] block per sequence exists at the peak: measured with
+        // `cures bench train-step --preset long` (2 x 4096 tokens: 878 MB against 453 MB
+        // without it).
         let attn = if cpu {
-            2 * m.num_attention_heads as u64 * seq
+            t * m.num_attention_heads.max(0) as u64 * seq * 4
         } else {
             0
         };
-        let block = (per_token_layer(m) + attn) * w;
+        let block = per_token_layer(m) * w;
         let h = m.hidden_size as u64;
         let act = if cfg.train.activation_checkpointing {
             // Each block's input, and one block recomputed at a time.
             t * (layers * h * w + block)
         } else {
             t * layers * block
-        } + t * 3 * h * w;
+        } + t * 3 * h * w
+            + attn;
         part(
             "activations",
             act,
@@ -170,7 +176,11 @@ impl MemoryPlan {
                 } else {
                     ""
                 },
-                if cpu { ", CPU attention [T x T]" } else { "" }
+                if cpu {
+                    ", one CPU attention block [heads x T x T]"
+                } else {
+                    ""
+                }
             ),
             true,
         );
@@ -409,9 +419,8 @@ mod tests {
     #[test]
     fn a_sequence_is_sized_by_the_longest_prompt_and_a_micro_batch_by_the_budget() {
         // The server tests' shape: a CPU run, micro_batch_tokens 16384, 24-token completions,
-        // 16 completions a step. Sized by the context (4096), CPU attention alone is hundreds
-        // of GB; the data's longest prompt (100 tokens) and the budget bound it honestly:
-        // 16384 x (52 224 + 2 x 12 x 4096) against 1984 x (52 224 + 2 x 12 x 124) per layer.
+        // 16 completions a step. Sized by the context (4096) a micro-batch is 16384 tokens;
+        // the data's longest prompt (100 tokens) and the budget bound it at 16 x 124.
         let m = qwen15();
         let mut c = Config::default();
         c.model.device = "cpu".into();
@@ -420,7 +429,7 @@ mod tests {
         c.batch.budget = 16;
         let worst = MemoryPlan::new(&m, &c, None);
         let known = MemoryPlan::new(&m, &c, Some(100));
-        assert!(worst.part("activations") > 20 * known.part("activations"));
+        assert!(worst.part("activations") > 8 * known.part("activations"));
         let how = |p: &MemoryPlan| {
             p.parts
                 .iter()
@@ -450,5 +459,14 @@ mod tests {
         twice.batch.budget = 32;
         let t2 = MemoryPlan::new(&m, &twice, Some(100)).part("activations");
         assert_eq!(t2, 2 * known.part("activations"));
+        // A sequence longer than the micro-batch makes one of its own.
+        let mut short = c.clone();
+        short.train.micro_batch_tokens = 64;
+        let one = MemoryPlan::new(&m, &short, Some(100));
+        assert!(
+            how(&one).starts_with("one micro-batch of 124 tokens"),
+            "{}",
+            how(&one)
+        );
     }
 }

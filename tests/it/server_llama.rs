@@ -238,6 +238,9 @@ fn a_prompt_the_server_refuses_sits_the_step_out_and_the_run_goes_on() {
         "iterations.init_rollouts=0".into(),
         "run.steps=6".into(),
         "train.kl_coef=0".into(),
+        // The memory plan counts the long prompt's completions (3008 tokens) as if served: a
+        // micro-batch of 16384 such padded tokens would not fit this machine's memory.
+        "train.micro_batch_tokens=4096".into(),
         "reward.fallback_last_number=true".into(),
         "rollout.engine=openai".into(),
         "rollout.sync=none".into(),
