@@ -109,6 +109,9 @@ pub fn score_line(line: &str, cfg: &RewardConfig) -> Result<(String, bool, bool,
         "reward",
         serde_json::Number::from_f64(v.reward).map_or(Value::Null, Value::Number),
     );
+    if let Some(why) = &v.reason {
+        obj.set("reason", Value::String(why.clone()));
+    }
     let out = serde_json::to_string(&obj).map_err(|e| e.to_string())?;
     Ok((out, v.equivalent, v.extracted.is_some(), v.reward))
 }
@@ -309,7 +312,10 @@ pub fn run(cmd: RewardCommand) -> Result<()> {
                 None => println!("{name}: no answer extracted"),
             };
             show("gold", &e.gold);
-            show("prediction", &e.prediction);
+            match &e.verdict.reason {
+                Some(why) => println!("prediction: malformed: {why}"),
+                None => show("prediction", &e.prediction),
+            }
             println!(
                 "equivalent: {}  reward: {}",
                 e.verdict.equivalent, e.verdict.reward

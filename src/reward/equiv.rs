@@ -40,6 +40,10 @@ pub fn strings_equivalent(gn: &str, pn: &str, tol: f64) -> bool {
     if gs == ps {
         return true;
     }
+    // Multiple choice: the letters decide, whatever text follows them.
+    if let (Some(g), Some(p)) = (choice(gn), choice(pn)) {
+        return g == p;
+    }
     match (parse(gn), parse(pn)) {
         (Ok(g), Ok(p)) => {
             if matches!(g, Expr::Text(_)) || matches!(p, Expr::Text(_)) {
@@ -54,6 +58,56 @@ pub fn strings_equivalent(gn: &str, pn: &str, tol: f64) -> bool {
         }
         _ => false,
     }
+}
+
+/// A multiple-choice answer: a capital letter A–J alone, in parentheses, or followed by `)`,
+/// with any text after it: `C`, `(C)`, `C)`, `(C) 12`. Not `(A, B)` or `x`.
+fn choice(s: &str) -> Option<char> {
+    let t = s.trim();
+    let (letter, rest) = match t.strip_prefix('(') {
+        Some(r) => {
+            let mut cs = r.trim_start().chars();
+            let c = cs.next()?;
+            (c, Some(cs.as_str().trim_start().strip_prefix(')')?))
+        }
+        None => {
+            let mut cs = t.chars();
+            let c = cs.next()?;
+            let r = cs.as_str().trim_start();
+            (
+                c,
+                if r.is_empty() {
+                    Some(r)
+                } else {
+                    r.strip_prefix(')')
+                },
+            )
+        }
+    };
+    rest?;
+    ('A'..='J').contains(&letter).then_some(letter)
+}
+
+/// The base of a number written with one (`101_2` parses to `base2(5)`).
+fn base_of(name: &str) -> Option<u32> {
+    name.strip_prefix("base")?.parse().ok()
+}
+
+/// The integer whose decimal digits `q` shows, read in base `b` (`101` in base 2 is 5); `None`
+/// when a digit is not one of base `b`.
+fn digits_in_base(q: &BigRational, b: u32) -> Option<BigRational> {
+    if !q.is_integer() || q < &BigRational::from_integer(0.into()) {
+        return None;
+    }
+    let mut v = num_bigint::BigInt::from(0);
+    for ch in q.to_integer().to_string().chars() {
+        let d = ch.to_digit(10)?;
+        if d >= b {
+            return None;
+        }
+        v = v * b + d;
+    }
+    Some(BigRational::from_integer(v))
 }
 
 struct Cmp {
@@ -608,6 +662,25 @@ impl Cmp {
                     *e = Expr::Matrix(m);
                 }
             }
+        }
+        // A base asked for by the gold (`101_2`): the prediction in that base, with or without
+        // its subscript (`101`), not the same value in base ten (`5`). A base given by the
+        // prediction alone is a value (`204_5` for 54).
+        match (&g, &p) {
+            (Expr::Func(gb, gv), Expr::Func(pb, pv))
+                if base_of(gb).is_some() && base_of(pb).is_some() =>
+            {
+                return self.eq(&gv[0], &pv[0], d + 1);
+            }
+            (Expr::Func(gb, gv), Expr::Num(q)) => {
+                if let Some(b) = base_of(gb) {
+                    return digits_in_base(q, b).is_some_and(|v| gv[0] == Expr::Num(v));
+                }
+            }
+            (_, Expr::Func(pb, pv)) if base_of(pb).is_some() => {
+                return self.eq(&g, &pv[0], d + 1);
+            }
+            _ => {}
         }
         match (&g, &p) {
             (Expr::Rel(gi, go), Expr::Rel(pi, po)) => return self.rel_eq(gi, go, pi, po, d),

@@ -215,6 +215,10 @@ fn finite_from(a: f64, b: f64, r: f64) -> Option<Val> {
 
 fn func(name: &str, args: &[Expr], env: &Env) -> Option<Val> {
     let a = eval(args.first()?, env)?;
+    if name.starts_with("base") {
+        // `101_2` is the number 5 wherever it is computed with.
+        return Some(a);
+    }
     match name {
         "sqrt" => match &a {
             Val::Q(x) if x.is_negative() => None,

@@ -3,8 +3,9 @@
 
 use super::RewardConfig;
 
-/// Longest answer span we accept (bytes); longer spans are "no answer".
-pub const MAX_ANSWER: usize = 4096;
+/// Longest answer span we accept (bytes); longer spans are "no answer". A resource limit far
+/// above any real answer.
+pub const MAX_ANSWER: usize = 64 << 10;
 /// Longest text that can be a bare answer (no prose, no box).
 const MAX_BARE: usize = 1000;
 /// At most this many boxes are joined into one list answer.
@@ -107,7 +108,9 @@ pub fn extract(text: &str, opt: &Options) -> Option<Answer> {
         return answer(a, true, Source::Hashes);
     }
     if opt.bare {
-        if let Some((a, plain)) = bare(text) {
+        // A gold may be a long bare answer; a prediction that long is prose.
+        let cap = if opt.whole { MAX_ANSWER } else { MAX_BARE };
+        if let Some((a, plain)) = bare(text, cap) {
             return answer(&a, plain, Source::Bare);
         }
     }
@@ -191,6 +194,23 @@ pub(crate) fn match_brace(b: &[u8], open: usize) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// Why a prediction is malformed, if it is: its last `\boxed{`/`\fbox{` is never closed (a
+/// completion cut off inside its answer).
+pub fn malformed(text: &str) -> Option<String> {
+    let (start, kw) = rfind_box(text, text.len())?;
+    let b = text.as_bytes();
+    let mut i = start + kw;
+    while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+        i += 1;
+    }
+    (b.get(i) == Some(&b'{') && match_brace(b, i).is_none()).then(|| {
+        format!(
+            "the last {} at byte {start} is never closed",
+            &text[start..start + kw]
+        )
+    })
 }
 
 /// The box that starts at `start` (index of the backslash of `\boxed`/`\fbox`):
@@ -442,9 +462,9 @@ fn has_stopword(s: &str) -> bool {
 }
 
 /// The whole text when it is itself an answer (no prose): (answer, plain).
-fn bare(text: &str) -> Option<(String, bool)> {
+fn bare(text: &str, cap: usize) -> Option<(String, bool)> {
     let t = text.trim();
-    if t.is_empty() || t.len() > MAX_BARE || t.contains("\n\n") {
+    if t.is_empty() || t.len() > cap || t.contains("\n\n") {
         return None;
     }
     let spans = math_spans(t, 64);
@@ -543,7 +563,7 @@ fn final_answer(text: &str, strict: bool) -> Option<(String, bool)> {
     if cand.is_empty() {
         return None;
     }
-    if let Some((a, plain)) = bare(cand) {
+    if let Some((a, plain)) = bare(cand, MAX_BARE) {
         return Some((a, plain));
     }
     if let Some(a) = last_latex(cand) {

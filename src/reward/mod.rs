@@ -15,6 +15,14 @@
 //! 4. [`equiv`]: structural comparison; numbers exactly (big rationals) where possible,
 //!    numerically (relative `rel_tol`) otherwise; expressions with variables by evaluation at
 //!    several deterministic points, exactly over the rationals where possible.
+//!
+//! Answer forms handled in the layer they belong to: repeating decimals (`0.\overline{3}`,
+//! `0.\dot{3}`, `0.999\ldots`), vulgar fractions and colour commands in [`normalize`]; mixed
+//! numbers (`3\frac12` is 7/2 when it is a whole item), scientific notation (`1.2e3`) and
+//! redundant grouping (`{{{x}}}`) in [`parse`]; multiple-choice letters and a base asked for by
+//! the gold (`101_2`) in [`equiv`]. A prediction whose last box is never closed is malformed
+//! (the `unboxed` reward, with the reason in [`Verdict::reason`]). Limits are of resources:
+//! 64 KiB answers, 16 KiB parsed, 128 nested brackets, all within a 2 MiB thread stack.
 
 pub mod cli;
 pub mod equiv;
@@ -110,16 +118,28 @@ pub struct Verdict {
     pub extracted: Option<String>,
     /// The reward for it under the config (correct / wrong / unboxed).
     pub reward: f64,
+    /// Why nothing was extracted, when the prediction is malformed (an unclosed box).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Score a prediction against a gold answer.
 pub fn score(prediction: &str, gold: &str, cfg: &RewardConfig) -> Verdict {
+    if let Some(why) = extract::malformed(prediction) {
+        return Verdict {
+            equivalent: false,
+            extracted: None,
+            reward: cfg.unboxed,
+            reason: Some(why),
+        };
+    }
     let pred = extract::extract(prediction, &extract::Options::from_config(cfg));
     let Some(pred) = pred else {
         return Verdict {
             equivalent: false,
             extracted: None,
             reward: cfg.unboxed,
+            reason: None,
         };
     };
     let equivalent = match extract::extract(gold, &extract::Options::gold()) {
@@ -130,6 +150,7 @@ pub fn score(prediction: &str, gold: &str, cfg: &RewardConfig) -> Verdict {
         equivalent,
         reward: if equivalent { cfg.correct } else { cfg.wrong },
         extracted: Some(pred.text),
+        reason: None,
     }
 }
 
@@ -171,5 +192,7 @@ pub fn explain(prediction: &str, gold: &str, cfg: &RewardConfig) -> Explain {
     }
 }
 
+#[cfg(test)]
+mod forms_tests;
 #[cfg(test)]
 mod tests;

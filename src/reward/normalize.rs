@@ -50,6 +50,7 @@ const UNWRAP: &[&str] = &[
     "operatorname",
     "boldsymbol",
     "bm",
+    "pmb",
     "emph",
     "textup",
     "displaystyle",
@@ -66,6 +67,11 @@ const UNWRAP: &[&str] = &[
     "widehat",
     "underline",
 ];
+
+/// Styling commands dropped with their first (colour) argument; what they style stays:
+/// `\color{red}{5}`, `\textcolor{blue}{5}`, `\colorbox{yellow}{5}` (an optional `[model]`
+/// first, as in `\color[rgb]{1,0,0}`).
+const DROP_ARG: &[&str] = &["color", "textcolor", "colorbox"];
 
 /// Commands renamed (`\dfrac` → `\frac`, ...).
 fn rename(cmd: &str) -> Option<&'static str> {
@@ -110,6 +116,26 @@ fn unicode(c: char) -> Option<&'static str> {
         '±' => "\\pm ",
         '\u{a0}' | '\u{2009}' | '\u{202f}' | '\u{2002}' | '\u{2003}' => " ",
         '€' | '£' | '¥' | '₹' => "",
+        // Vulgar fractions: `3½` is then a mixed number (parse.rs).
+        '½' => "\\frac{1}{2}",
+        '⅓' => "\\frac{1}{3}",
+        '⅔' => "\\frac{2}{3}",
+        '¼' => "\\frac{1}{4}",
+        '¾' => "\\frac{3}{4}",
+        '⅕' => "\\frac{1}{5}",
+        '⅖' => "\\frac{2}{5}",
+        '⅗' => "\\frac{3}{5}",
+        '⅘' => "\\frac{4}{5}",
+        '⅙' => "\\frac{1}{6}",
+        '⅚' => "\\frac{5}{6}",
+        '⅐' => "\\frac{1}{7}",
+        '⅛' => "\\frac{1}{8}",
+        '⅜' => "\\frac{3}{8}",
+        '⅝' => "\\frac{5}{8}",
+        '⅞' => "\\frac{7}{8}",
+        '⅑' => "\\frac{1}{9}",
+        '⅒' => "\\frac{1}{10}",
+        '⁄' => "/",
         _ => return None,
     })
 }
@@ -190,6 +216,23 @@ fn commands(s: &str) -> String {
                 i = j;
                 continue;
             }
+            if let Some(k) = repeating(s, j, name, &mut out) {
+                i = k;
+                continue;
+            }
+            if DROP_ARG.contains(&name) {
+                let mut k = skip_spaces(b, j);
+                if b.get(k) == Some(&b'[') {
+                    if let Some(e) = s[k..].find(']') {
+                        k = skip_spaces(b, k + e + 1);
+                    }
+                }
+                i = match b.get(k) {
+                    Some(b'{') => super::extract::match_brace(b, k).map_or(j, |e| e + 1),
+                    _ => j,
+                };
+                continue;
+            }
             if UNWRAP.contains(&name) {
                 let mut k = j;
                 while k < b.len() && b[k] == b' ' {
@@ -259,12 +302,23 @@ fn commands(s: &str) -> String {
             }
             continue;
         }
+        if c == b'.' && s[i..].starts_with("...") && repeat_tail(&mut out) {
+            i += 3;
+            continue;
+        }
         if c.is_ascii() {
             out.push(c as char);
             i += 1;
             continue;
         }
         let ch = s[i..].chars().next().unwrap_or(' ');
+        if ch == '…' {
+            if !repeat_tail(&mut out) {
+                out.push_str("\\ldots ");
+            }
+            i += ch.len_utf8();
+            continue;
+        }
         match unicode(ch) {
             Some(r) => out.push_str(r),
             None => out.push(ch),
@@ -272,6 +326,127 @@ fn commands(s: &str) -> String {
         i += ch.len_utf8();
     }
     out
+}
+
+/// Most digits a repeating decimal is rewritten from (longer ones are left as written).
+const MAX_REPEAT_DIGITS: usize = 60;
+
+/// A repeating decimal marked after the decimal `out` ends with: `0.\overline{3}`,
+/// `0.1\bar{6}`, `0.\dot{3}`, `0.\dot{1}4\dot{2}` (the dots mark the block's ends) and
+/// `0.999\ldots` (a block written twice, then dots). Writes the exact fraction in place of
+/// the decimal and returns where the text goes on; `None` leaves everything as it was (a
+/// segment `\overline{AB}`, a list `1, 2, \ldots`, `3.14159\ldots`).
+fn repeating(s: &str, j: usize, name: &str, out: &mut String) -> Option<usize> {
+    let b = s.as_bytes();
+    match name {
+        "ldots" | "cdots" | "dots" | "dotsc" => repeat_tail(out).then_some(j),
+        "overline" | "bar" | "dot" => {
+            let (block, mut k) = digit_arg(b, j)?;
+            let mut block = block.to_string();
+            if name == "dot" {
+                // `\dot{1}4\dot{2}`: the block runs to the second dot.
+                let mut m = k;
+                while m < b.len() && b[m].is_ascii_digit() {
+                    m += 1;
+                }
+                if s[m..].starts_with("\\dot") {
+                    if let Some((last, e)) = digit_arg(b, m + 4) {
+                        block.push_str(&s[k..m]);
+                        block.push_str(last);
+                        k = e;
+                    }
+                }
+            }
+            let (st, dot) = trailing_decimal(out)?;
+            let decimals = out.trim_end()[dot + 1..].to_string();
+            write_fraction(out, st, dot, &decimals, &block).then_some(k)
+        }
+        _ => None,
+    }
+}
+
+/// The digits of `{123}` or of one digit after a command ending at `j`, and where they end.
+fn digit_arg(b: &[u8], j: usize) -> Option<(&str, usize)> {
+    let k = skip_spaces(b, j);
+    let (st, e, end) = match b.get(k)? {
+        b'{' => {
+            let st = skip_spaces(b, k + 1);
+            let mut e = st;
+            while e < b.len() && b[e].is_ascii_digit() {
+                e += 1;
+            }
+            let close = skip_spaces(b, e);
+            if b.get(close) != Some(&b'}') {
+                return None;
+            }
+            (st, e, close + 1)
+        }
+        c if c.is_ascii_digit() => (k, k + 1, k + 1),
+        _ => return None,
+    };
+    let digits = std::str::from_utf8(&b[st..e]).ok()?;
+    (!digits.is_empty()).then_some((digits, end))
+}
+
+/// `out` ends (before spaces) with a decimal `I.A` (`I`, `A` digits, `I` may be empty, `A`
+/// too): the byte offsets of `I` and of the point.
+fn trailing_decimal(out: &str) -> Option<(usize, usize)> {
+    let b = out.trim_end().as_bytes();
+    let mut k = b.len();
+    while k > 0 && b[k - 1].is_ascii_digit() {
+        k -= 1;
+    }
+    if k == 0 || b[k - 1] != b'.' {
+        return None;
+    }
+    let dot = k - 1;
+    let mut st = dot;
+    while st > 0 && b[st - 1].is_ascii_digit() {
+        st -= 1;
+    }
+    if st > 0 && (b[st - 1] == b'.' || b[st - 1].is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some((st, dot))
+}
+
+/// `0.999` followed by dots: the shortest block (up to 6 digits) written at least twice at the
+/// end of the decimals repeats forever.
+fn repeat_tail(out: &mut String) -> bool {
+    let Some((st, dot)) = trailing_decimal(out) else {
+        return false;
+    };
+    let decimals = out.trim_end()[dot + 1..].to_string();
+    let d = decimals.as_bytes();
+    for r in 1..=6.min(d.len() / 2) {
+        if d[d.len() - r..] == d[d.len() - 2 * r..d.len() - r] {
+            let (head, block) = decimals.split_at(decimals.len() - r);
+            return write_fraction(out, st, dot, head, block);
+        }
+    }
+    false
+}
+
+/// Replace the decimal at `out[st..]` (point at `dot`) by `I.A(R)` as an exact fraction:
+/// (IAR − IA) / (9…9 0…0), one 9 per digit of the block R and one 0 per digit of A.
+fn write_fraction(out: &mut String, st: usize, dot: usize, a: &str, block: &str) -> bool {
+    let int = &out[st..dot];
+    if int.len() + a.len() + block.len() > MAX_REPEAT_DIGITS {
+        return false;
+    }
+    let parse = |t: String| -> num_bigint::BigInt { t.parse().unwrap_or_default() };
+    let num = parse(format!("0{int}{a}{block}")) - parse(format!("0{int}{a}"));
+    let den = format!("{}{}", "9".repeat(block.len()), "0".repeat(a.len()));
+    out.truncate(st);
+    out.push_str(&format!("\\frac{{{num}}}{{{den}}} "));
+    true
+}
+
+fn skip_spaces(b: &[u8], mut k: usize) -> usize {
+    while k < b.len() && b[k] == b' ' {
+        k += 1;
+    }
+    k
 }
 
 /// `and` / `or` as list separators; percent words dropped; `,\!` thousands separators joined.

@@ -120,6 +120,43 @@ fn check_prints_verdict_and_forms() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["verdict"]["reward"], -1.0);
     assert_eq!(v["verdict"]["equivalent"], false);
+    // A completion cut off inside its box: malformed, with the reason, in both forms.
+    let out = cures()
+        .args([
+            "reward",
+            "check",
+            "--pred",
+            "so it is \\boxed{\\frac{1}{2}",
+            "--gold",
+            "1/2",
+        ])
+        .output()
+        .expect("run");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("prediction: malformed: the last \\boxed at byte 9 is never closed")
+            && s.contains("equivalent: false"),
+        "{s}"
+    );
+    let out = cures()
+        .args([
+            "reward",
+            "check",
+            "--json",
+            "--pred",
+            "\\boxed{1",
+            "--gold",
+            "1",
+        ])
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        v["verdict"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("never closed")),
+        "{v}"
+    );
 }
 
 #[test]
