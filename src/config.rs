@@ -635,17 +635,59 @@ impl Config {
                 "sft.hidden must be a multiple of sft.heads, and sft.heads of sft.kv_heads",
             ));
         }
+        if !(self.sft.lr.is_finite() && self.sft.lr > 0.0) {
+            return Err(invalid(
+                "sft.lr",
+                format!("must be a positive number, got {}", self.sft.lr),
+            ));
+        }
+        for (k, v) in [
+            ("sft.hidden", self.sft.hidden),
+            ("sft.layers", self.sft.layers),
+            ("sft.intermediate", self.sft.intermediate),
+        ] {
+            if !(1..=MAX_SFT_SIZE).contains(&v) {
+                return Err(invalid(
+                    k,
+                    format!("must lie in [1, {MAX_SFT_SIZE}], got {v}"),
+                ));
+            }
+        }
+        for (k, v) in [("sft.steps", self.sft.steps), ("sft.batch", self.sft.batch)] {
+            if !(1..=MAX_COUNT).contains(&v) {
+                return Err(invalid(k, format!("must lie in [1, {MAX_COUNT}], got {v}")));
+            }
+        }
         if !self.run.device_memory.is_empty() {
             crate::train::plan::parse_bytes(&self.run.device_memory)
                 .map_err(|r| invalid("run.device_memory", r))?;
         }
         let b = &self.batch;
         let c = &self.curriculum;
-        if b.prompts == 0 {
-            return Err(invalid("batch.prompts", "must be at least 1"));
+        // Per-step sizes are allocated: bounded far above any real batch (the paper's is 8192
+        // completions), so a typo is refused here rather than by the allocator.
+        for (k, v) in [
+            ("batch.prompts", Some(b.prompts)),
+            ("batch.budget", Some(b.budget)),
+            ("curriculum.n_max", c.n_max),
+            ("rollout.max_batch", Some(self.rollout.max_batch.max(1))),
+        ] {
+            match v {
+                Some(0) => return Err(invalid(k, "must be at least 1")),
+                Some(v) if v > MAX_BATCH => {
+                    return Err(invalid(
+                        k,
+                        format!("{v} is over {MAX_BATCH} (a step's completions)"),
+                    ))
+                }
+                _ => {}
+            }
         }
-        if b.budget == 0 {
-            return Err(invalid("batch.budget", "must be at least 1"));
+        if self.rollout.max_tokens > MAX_TOKENS {
+            return Err(invalid(
+                "rollout.max_tokens",
+                format!("{} is over {MAX_TOKENS}", self.rollout.max_tokens),
+            ));
         }
         if !(c.tau.is_finite() && c.tau > 0.0) {
             return Err(invalid(
@@ -726,6 +768,24 @@ impl Config {
         }
         if it.steps == 0 {
             return Err(invalid("iterations.steps", "must be at least 1"));
+        }
+        for (k, v) in [
+            ("iterations.subsets", it.subsets),
+            ("iterations.steps", it.steps),
+            ("run.steps", self.run.steps.unwrap_or(1)),
+        ] {
+            if v > MAX_COUNT {
+                return Err(invalid(k, format!("{v} is over {MAX_COUNT}")));
+            }
+        }
+        if it.subsets.saturating_mul(it.steps) > MAX_COUNT {
+            return Err(invalid(
+                "iterations.steps",
+                format!(
+                    "iterations.subsets x iterations.steps = {} x {} is over {MAX_COUNT} steps",
+                    it.subsets, it.steps
+                ),
+            ));
         }
         self.simulate.validate()?;
         Ok(())
@@ -822,6 +882,19 @@ impl Config {
     }
 }
 
+/// Most completions (or prompts) in one step, and most rows the embedded engine decodes at once.
+pub const MAX_BATCH: usize = 1 << 20;
+/// Most tokens of one completion.
+pub const MAX_TOKENS: usize = 1 << 20;
+/// Most steps, subsets, iterations or SFT steps and rows.
+pub const MAX_COUNT: usize = 1_000_000_000;
+/// Most prompts of a simulated pool.
+pub const MAX_POOL: usize = 100_000_000;
+/// Largest width or depth of the SFT testbed model.
+const MAX_SFT_SIZE: i64 = 1 << 16;
+/// Longest timeout, in seconds (a day).
+pub const MAX_DURATION_S: f64 = 86_400.0;
+
 /// A pool should hold this many times the prompts drawn per step.
 pub const POOL_FACTOR: usize = 4;
 
@@ -837,6 +910,12 @@ impl SimulateConfig {
             return Err(invalid(
                 "simulate.prompts",
                 "must be at least 1 (empty dataset)",
+            ));
+        }
+        if self.prompts > MAX_POOL {
+            return Err(invalid(
+                "simulate.prompts",
+                format!("{} is over {MAX_POOL} prompts", self.prompts),
             ));
         }
         if self.difficulty.is_empty() {

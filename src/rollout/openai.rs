@@ -159,23 +159,27 @@ pub fn validate(cfg: &RolloutConfig) -> Result<(), ConfigError> {
     if cfg.max_concurrency == 0 {
         return Err(bad("max_concurrency", "must be at least 1".into()));
     }
-    if !(cfg.request_timeout_s.is_finite() && cfg.request_timeout_s > 0.0) {
-        return Err(bad(
-            "request_timeout_s",
-            format!("must be > 0, got {}", cfg.request_timeout_s),
-        ));
-    }
-    if !(cfg.progress_timeout_s.is_finite() && cfg.progress_timeout_s >= 0.0) {
-        return Err(bad(
-            "progress_timeout_s",
-            format!("must be ≥ 0 (0 = off), got {}", cfg.progress_timeout_s),
-        ));
-    }
-    if !(cfg.endpoint_down_timeout_s.is_finite() && cfg.endpoint_down_timeout_s >= 0.0) {
-        return Err(bad(
-            "endpoint_down_timeout_s",
-            format!("must be ≥ 0, got {}", cfg.endpoint_down_timeout_s),
-        ));
+    let max = crate::config::MAX_DURATION_S;
+    for (k, v, zero) in [
+        ("request_timeout_s", cfg.request_timeout_s, false),
+        ("progress_timeout_s", cfg.progress_timeout_s, true),
+        ("endpoint_down_timeout_s", cfg.endpoint_down_timeout_s, true),
+    ] {
+        let low = if zero { v >= 0.0 } else { v > 0.0 };
+        if !(v.is_finite() && low && v <= max) {
+            return Err(bad(
+                k,
+                format!(
+                    "must lie in {}0, {max}] seconds{}, got {v:?}",
+                    if zero { "[" } else { "(" },
+                    if k == "progress_timeout_s" {
+                        " (0 = off)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
     }
     if cfg.endpoint_failures == 0 {
         return Err(bad("endpoint_failures", "must be at least 1".into()));

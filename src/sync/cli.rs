@@ -64,6 +64,13 @@ pub struct SyncArgs {
 
 /// Run `cures sync`.
 pub fn run(a: &SyncArgs) -> Result<()> {
+    let max = crate::config::MAX_DURATION_S;
+    if !(a.timeout_s.is_finite() && a.timeout_s > 0.0 && a.timeout_s <= max) {
+        bail!(
+            "--timeout-s must lie in (0, {max}] seconds, got {:?}",
+            a.timeout_s
+        );
+    }
     let mut dir = a.checkpoint.clone();
     if dir.join("policy").join("config.json").exists() {
         dir = dir.join("policy");

@@ -139,12 +139,17 @@ impl TrainConfig {
                 return Err(bad(k, format!("must lie in [0, 1), got {v}")));
             }
         }
-        if self.eps.is_nan()
-            || self.eps <= 0.0
-            || !self.weight_decay.is_finite()
-            || self.weight_decay < 0.0
-        {
-            return Err(bad("eps", "eps must be > 0 and weight_decay ≥ 0".into()));
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(bad(
+                "eps",
+                format!("must be a positive number, got {}", self.eps),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(bad(
+                "weight_decay",
+                format!("must be a number ≥ 0, got {}", self.weight_decay),
+            ));
         }
         if self.grad_clip.is_nan() || self.grad_clip < 0.0 {
             return Err(bad(
@@ -171,11 +176,13 @@ impl TrainConfig {
             ));
         }
         parse_device(&self.ref_device, Device::Cpu).map_err(|r| bad("ref_device", r))?;
-        if !(self.kl_coef >= 0.0 && self.entropy_coef >= 0.0) {
-            return Err(bad(
-                "kl_coef",
-                "kl_coef and entropy_coef must be ≥ 0".into(),
-            ));
+        for (k, v) in [
+            ("kl_coef", self.kl_coef),
+            ("entropy_coef", self.entropy_coef),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(k, format!("must be a number ≥ 0, got {v}")));
+            }
         }
         Ok(())
     }

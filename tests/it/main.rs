@@ -15,6 +15,7 @@ mod support;
 mod bench_cli;
 mod cli_curriculum;
 mod config_docs;
+mod config_door;
 mod convert_gguf;
 mod curriculum_props;
 mod data_formats;
