@@ -28,6 +28,7 @@ pub mod cli;
 pub mod equiv;
 pub mod eval;
 pub mod extract;
+mod lex;
 pub mod normalize;
 pub mod parse;
 
