@@ -155,6 +155,30 @@ impl Saved {
         let dir = rd
             .latest()?
             .with_context(|| format!("--resume: {} has no checkpoint", rd.dir().display()))?;
+        use crate::rundir::{previous_checkpoint, verify_checksums, CHECKSUMS};
+        match verify_checksums(&dir) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "--resume: {} has no {CHECKSUMS} (written before checkpoints carried checksums): \
+                 its files cannot be verified",
+                dir.display()
+            ),
+            Err(e) => {
+                let name = dir
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into());
+                let root = dir.parent().unwrap_or(rd.dir());
+                let previous = match previous_checkpoint(root, &name) {
+                    Some(p) => format!(
+                        "the previous checkpoint is {}: to resume from it, write `{p}` into {}",
+                        root.join(&p).display(),
+                        root.join("latest").display()
+                    ),
+                    None => "there is no earlier checkpoint in this run".into(),
+                };
+                anyhow::bail!("--resume: checkpoint {name} is damaged: {e:#}; {previous}");
+            }
+        }
         let p = dir.join("state.json");
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;

@@ -106,6 +106,7 @@ pub fn write_checkpoint(
     let written = std::fs::create_dir_all(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))
         .and_then(|_| write(&tmp))
+        .and_then(|_| write_checksums(&tmp))
         .and_then(|_| sync_tree(&tmp));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -135,6 +136,122 @@ pub fn write_checkpoint(
             .with_context(|| format!("cannot prune {}", root.join(&old).display()))?;
     }
     Ok(dst)
+}
+
+/// The checksums of a checkpoint's files, in `sha256sum -c` form (`<hex>  <path>` per line,
+/// paths relative to the checkpoint).
+pub const CHECKSUMS: &str = "SHA256SUMS";
+
+/// Every file under `dir` (relative paths, sorted), but the checksum file itself.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let here = dir.join(&rel);
+        for e in
+            std::fs::read_dir(&here).with_context(|| format!("cannot list {}", here.display()))?
+        {
+            let e = e.with_context(|| format!("cannot list {}", here.display()))?;
+            let r = rel.join(e.file_name());
+            if e.file_type()
+                .with_context(|| format!("cannot stat {}", e.path().display()))?
+                .is_dir()
+            {
+                stack.push(r);
+            } else if r != Path::new(CHECKSUMS) {
+                out.push(r);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// SHA-256 of a file, in lower-case hex, read in 1 MiB pieces.
+fn sha256_file(p: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Write [`CHECKSUMS`] for every file of the checkpoint being written in `dir`.
+fn write_checksums(dir: &Path) -> Result<()> {
+    let mut text = String::new();
+    for rel in files_under(dir)? {
+        let sum = sha256_file(&dir.join(&rel))?;
+        text.push_str(&format!("{sum}  {}\n", rel.display()));
+    }
+    let p = dir.join(CHECKSUMS);
+    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+}
+
+/// Check a checkpoint against its [`CHECKSUMS`]: `Ok(true)` when every file matches,
+/// `Ok(false)` when the checkpoint has no checksums (written before they existed), and an
+/// error naming the first file that is missing, changed or not listed.
+pub fn verify_checksums(dir: &Path) -> Result<bool> {
+    let p = dir.join(CHECKSUMS);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+    };
+    let mut listed = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let Some((sum, rel)) = line.split_once("  ") else {
+            bail!("{}:{}: not a `<sha256>  <file>` line", p.display(), i + 1);
+        };
+        let f = dir.join(rel);
+        if !f.is_file() {
+            bail!("{} is missing (listed in {})", f.display(), p.display());
+        }
+        let now = sha256_file(&f)?;
+        if now != sum {
+            bail!(
+                "{} does not match its checksum (written {}…, now {}…): the file was changed or \
+                 damaged after the checkpoint was written",
+                f.display(),
+                &sum[..12.min(sum.len())],
+                &now[..12]
+            );
+        }
+        listed.push(PathBuf::from(rel));
+    }
+    listed.sort();
+    if let Some(extra) = files_under(dir)?
+        .into_iter()
+        .find(|f| listed.binary_search(f).is_err())
+    {
+        bail!(
+            "{} is not listed in {}",
+            dir.join(extra).display(),
+            p.display()
+        );
+    }
+    Ok(true)
+}
+
+/// The newest checkpoint under `root` older than `name` (`step_…` names sort by step).
+pub fn previous_checkpoint(root: &Path, name: &str) -> Option<String> {
+    let mut all: Vec<String> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step_") && n.as_str() < name)
+        .collect();
+    all.sort();
+    all.pop()
 }
 
 /// fsync every file under `dir`, so the rename publishes only durable content.
@@ -181,12 +298,59 @@ mod tests {
         assert_eq!(latest.trim(), "step_0000003");
         assert!(!root.join("step_0000001").exists() && root.join("step_0000002").exists());
         let need = checkpoint_space(Some(&root.join("step_0000003")), 999);
+        // `{}` and its checksum line: 64 hex digits, two spaces, `state.json`, a newline.
         assert_eq!(
             need,
             CheckpointSpace {
-                bytes: 2,
+                bytes: 2 + 64 + 2 + 10 + 1,
                 measured: true
             }
+        );
+    }
+
+    #[test]
+    fn checksums_are_written_and_a_changed_byte_is_named() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("checkpoints");
+        let dir = write_checkpoint(&root, "step_0000002", 3, est(1), |d| {
+            std::fs::create_dir_all(d.join("policy"))?;
+            std::fs::write(d.join("policy/model.safetensors"), vec![7u8; 3 << 20])?;
+            std::fs::write(d.join("state.json"), b"{}")?;
+            Ok(())
+        })
+        .expect("write");
+        let sums = std::fs::read_to_string(dir.join(CHECKSUMS)).expect("sums");
+        assert_eq!(sums.lines().count(), 2, "{sums}");
+        assert!(sums.contains("  policy/model.safetensors\n"), "{sums}");
+        assert!(verify_checksums(&dir).expect("verify"));
+        // One byte in the middle of a 3 MiB file.
+        let w = dir.join("policy/model.safetensors");
+        let mut b = std::fs::read(&w).expect("read");
+        b[3 << 19] ^= 1;
+        std::fs::write(&w, &b).expect("write");
+        let e = format!("{:#}", verify_checksums(&dir).unwrap_err());
+        assert!(
+            e.contains("policy/model.safetensors does not match its checksum"),
+            "{e}"
+        );
+        // A file the checkpoint did not have, and one that went missing.
+        b[3 << 19] ^= 1;
+        std::fs::write(&w, &b).expect("write");
+        std::fs::write(dir.join("extra.bin"), b"x").expect("write");
+        let e = format!("{:#}", verify_checksums(&dir).unwrap_err());
+        assert!(e.contains("extra.bin is not listed"), "{e}");
+        std::fs::remove_file(dir.join("extra.bin")).expect("rm");
+        std::fs::remove_file(dir.join("state.json")).expect("rm");
+        let e = format!("{:#}", verify_checksums(&dir).unwrap_err());
+        assert!(e.contains("state.json is missing"), "{e}");
+        // A checkpoint from before checksums: no verdict.
+        std::fs::remove_file(dir.join(CHECKSUMS)).expect("rm");
+        assert!(!verify_checksums(&dir).expect("old"));
+        assert_eq!(previous_checkpoint(&root, "step_0000002"), None);
+        std::fs::create_dir_all(root.join("step_0000001")).expect("mkdir");
+        assert_eq!(
+            previous_checkpoint(&root, "step_0000002").as_deref(),
+            Some("step_0000001")
         );
     }
 

@@ -22,7 +22,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-pub use checkpoint::{checkpoint_space, free_bytes, write_checkpoint, CheckpointSpace};
+pub use checkpoint::{
+    checkpoint_space, free_bytes, previous_checkpoint, verify_checksums, write_checkpoint,
+    CheckpointSpace, CHECKSUMS,
+};
 pub use log::{read_csv, CsvLog, JsonlLog};
 pub use resume::{
     check_changes, config_changes, dataset_fingerprint, safe_to_change, ConfigChange,

@@ -227,3 +227,54 @@ fn eval_generate_sft_and_init_turn_a_libtorch_failure_into_one_error() {
         assert!(!text.contains("cures run --resume"), "not a run: {text}");
     }
 }
+
+#[test]
+fn a_damaged_checkpoint_is_refused_on_resume_naming_the_file_and_the_previous_one() {
+    let _serial = crate::support::serial();
+    let model = policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("run");
+    let args = |steps: &str| {
+        let mut a = small_run_args(model, out.to_str().expect("utf8"), steps);
+        a.push("--resume".into());
+        a
+    };
+    let (ok, text) = cures_env(
+        &small_run_args(model, out.to_str().expect("utf8"), "4"),
+        None,
+    );
+    assert!(ok, "{text}");
+    let ck = out.join("checkpoints/step_0000004");
+    let sums = std::fs::read_to_string(ck.join("SHA256SUMS")).expect("checksums written");
+    for f in [
+        "policy/model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        assert!(sums.contains(&format!("  {f}\n")), "{f} not in {sums}");
+    }
+    // 100 kB of the policy's weights zeroed, as a bad disk or a stray write would.
+    let w = ck.join("policy/model.safetensors");
+    let mut bytes = std::fs::read(&w).expect("weights");
+    let mid = bytes.len() / 2;
+    let end = (mid + 100_000).min(bytes.len());
+    bytes[mid..end].fill(0);
+    std::fs::write(&w, &bytes).expect("damage");
+    let (ok, text) = cures_env(&args("6"), None);
+    assert!(!ok, "a damaged checkpoint was resumed: {text}");
+    for want in [
+        "checkpoint step_0000004 is damaged",
+        "policy/model.safetensors does not match its checksum",
+        "the previous checkpoint is",
+        "step_0000002",
+    ] {
+        assert!(text.contains(want), "no {want:?} in {text}");
+    }
+    assert!(!text.contains("panicked"), "{text}");
+    // The hint works: naming the previous checkpoint resumes from it, and the run ends.
+    std::fs::write(out.join("checkpoints/latest"), "step_0000002\n").expect("latest");
+    let (ok, text) = cures_env(&args("6"), None);
+    assert!(ok, "{text}");
+    let rows = std::fs::read_to_string(out.join("steps.csv")).expect("steps.csv");
+    assert_eq!(rows.lines().count(), 1 + 6, "{rows}");
+}
