@@ -2,27 +2,8 @@
 //! scientific notation, vulgar fractions, styling, multiple choice, bases, unclosed boxes and
 //! long or deep answers. Each rule with its hits and its traps.
 
+use super::tests::{no, yes};
 use super::*;
-
-fn yes(pairs: &[(&str, &str)]) {
-    for (p, g) in pairs {
-        assert!(
-            verify(p, g),
-            "expected {p:?} ≡ {g:?}: {:#?}",
-            explain(p, g, &RewardConfig::default())
-        );
-    }
-}
-
-fn no(pairs: &[(&str, &str)]) {
-    for (p, g) in pairs {
-        assert!(
-            !verify(p, g),
-            "expected {p:?} ≢ {g:?}: {:#?}",
-            explain(p, g, &RewardConfig::default())
-        );
-    }
-}
 
 #[test]
 fn mixed_numbers_are_sums_never_products() {

@@ -8,7 +8,7 @@ fn eq(pred: &str, gold: &str) -> bool {
     verify(pred, gold)
 }
 
-fn yes(pairs: &[(&str, &str)]) {
+pub(super) fn yes(pairs: &[(&str, &str)]) {
     for (p, g) in pairs {
         assert!(
             eq(p, g),
@@ -18,7 +18,7 @@ fn yes(pairs: &[(&str, &str)]) {
     }
 }
 
-fn no(pairs: &[(&str, &str)]) {
+pub(super) fn no(pairs: &[(&str, &str)]) {
     for (p, g) in pairs {
         assert!(
             !eq(p, g),
