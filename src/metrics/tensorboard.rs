@@ -86,6 +86,118 @@ impl EventWriter {
     }
 }
 
+/// Cut the event files in `dir` back to the events of steps at most `up_to`, for a resume from
+/// that step: the events a run wrote past its checkpoint would otherwise stand beside the
+/// resumed run's, and TensorBoard would show those steps twice. A record a kill cut short ends
+/// its file. Returns what was cut, per file.
+pub fn cut_back(dir: &Path, up_to: u64) -> Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+        })
+        .collect();
+    files.sort();
+    let mut notes = Vec::new();
+    for path in files {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let (mut at, mut keep, mut past, mut torn) = (0, None, 0usize, false);
+        while at < bytes.len() {
+            let Some((data, next)) = next_record(&bytes, at) else {
+                torn = true;
+                break;
+            };
+            if keep.is_none() && event_step(data).is_some_and(|s| s > up_to) {
+                keep = Some(at);
+            }
+            if keep.is_some() {
+                past += 1;
+            }
+            at = next;
+        }
+        let keep = keep.unwrap_or(at);
+        if keep < bytes.len() {
+            crate::metrics::write_atomic(&path, &bytes[..keep])?;
+            let mut what = Vec::new();
+            if past > 0 {
+                what.push(format!("{past} events past step {up_to} cut"));
+            }
+            if torn {
+                what.push("a record cut short by an interrupted write dropped".to_string());
+            }
+            notes.push(format!("{}: {}", path.display(), what.join("; ")));
+        }
+    }
+    Ok(notes)
+}
+
+/// The steps of the events in the file at `path`, in order (the version event has none); an
+/// error when a record is cut short or damaged.
+pub fn event_steps(path: &Path) -> Result<Vec<u64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (mut at, mut steps) = (0, Vec::new());
+    while at < bytes.len() {
+        let Some((data, next)) = next_record(&bytes, at) else {
+            anyhow::bail!("{}: damaged record at byte {at}", path.display());
+        };
+        steps.extend(event_step(data));
+        at = next;
+    }
+    Ok(steps)
+}
+
+/// The data of the record at `at` and where the next starts; `None` when it is cut short or
+/// its checksums do not match.
+fn next_record(b: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let len_bytes = b.get(at..at + 8)?;
+    let len = usize::try_from(u64::from_le_bytes(len_bytes.try_into().ok()?)).ok()?;
+    let crc = u32::from_le_bytes(b.get(at + 8..at + 12)?.try_into().ok()?);
+    let end = at.checked_add(12)?.checked_add(len)?;
+    let data = b.get(at + 12..end)?;
+    let dcrc = u32::from_le_bytes(b.get(end..end + 4)?.try_into().ok()?);
+    (crc == masked_crc(len_bytes) && dcrc == masked_crc(data)).then_some((data, end + 4))
+}
+
+/// The `step` (field 2) of an encoded `Event`, if it has one.
+fn event_step(b: &[u8]) -> Option<u64> {
+    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let x = *b.get(*i)?;
+            *i += 1;
+            v |= u64::from(x & 0x7f) << shift;
+            if x < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let key = varint(b, &mut i)?;
+        match (key >> 3, key & 7) {
+            (2, 0) => return varint(b, &mut i),
+            (_, 0) => {
+                varint(b, &mut i)?;
+            }
+            (_, 1) => i += 8,
+            (_, 5) => i += 4,
+            (_, 2) => {
+                let n = usize::try_from(varint(b, &mut i)?).ok()?;
+                i = i.checked_add(n)?;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// The numeric fields of a serialisable row as `(prefix/field, value)` pairs.
 pub fn numeric_fields<T: serde::Serialize>(prefix: &str, row: &T) -> Vec<(String, f64)> {
     match serde_json::to_value(row) {
@@ -300,5 +412,38 @@ mod tests {
                 ("train/step".to_string(), 3.0)
             ]
         );
+    }
+
+    #[test]
+    fn cut_back_keeps_the_events_up_to_the_step_and_drops_a_torn_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tb = dir.path().join("tb");
+        let mut w = EventWriter::create(&tb).expect("create");
+        for step in 0..=4 {
+            w.scalars(step, &[("train/x".into(), step as f64)])
+                .expect("scalars");
+        }
+        w.flush().expect("flush");
+        let path = w.path().to_path_buf();
+        drop(w);
+        // A kill in the middle of the next record.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
+        std::fs::write(&path, &bytes).expect("write");
+        let notes = cut_back(&tb, 2).expect("cut");
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("2 events past step 2 cut"), "{notes:?}");
+        assert!(notes[0].contains("cut short"), "{notes:?}");
+        let steps: Vec<u64> = read(&path).iter().skip(1).map(|e| e.0).collect();
+        assert_eq!(steps, [0, 1, 2]);
+        // Nothing past the step: the file is left as it is.
+        let before = std::fs::read(&path).expect("read");
+        assert!(before.len() < whole);
+        assert!(cut_back(&tb, 2).expect("cut").is_empty());
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        assert!(cut_back(&dir.path().join("none"), 2)
+            .expect("no dir")
+            .is_empty());
     }
 }

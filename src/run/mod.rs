@@ -219,13 +219,17 @@ impl Saved {
     }
 }
 
-/// Record the config: `config.toml` at the start; on a resume that changed safe keys, the new
-/// config beside it and a line in `resumes.jsonl` (the original is never overwritten).
-fn record_config(rd: &RunDir, cfg: &Config, step: u64, changes: &[ConfigChange]) -> Result<()> {
-    let first = rd.path("config.toml");
-    if !first.exists() {
-        return crate::metrics::write_atomic(&first, cfg.to_toml().as_bytes());
-    }
+/// Record the config a fresh run trains with as `config.toml`, when its first checkpoint is
+/// committed: a start that fails before leaves no config that no checkpoint was made with (and
+/// a corrected rerun writes its own).
+fn record_config(rd: &RunDir, cfg: &Config) -> Result<()> {
+    crate::metrics::write_atomic(&rd.path("config.toml"), cfg.to_toml().as_bytes())
+}
+
+/// Record a resume that changed safe keys, once it has made its first step: the new config as
+/// `config.resume-step<N>.toml` and a line in `resumes.jsonl` (`config.toml` stays the
+/// original). A resume that fails before stepping leaves no record of itself.
+fn record_resume(rd: &RunDir, cfg: &Config, step: u64, changes: &[ConfigChange]) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -236,16 +240,8 @@ fn record_config(rd: &RunDir, cfg: &Config, step: u64, changes: &[ConfigChange])
         time: chrono::Local::now().to_rfc3339(),
         changed: changes.to_vec(),
     };
-    let mut log = JsonlLog::open(&rd.path("resumes.jsonl"), u64::MAX)?;
+    let (mut log, _) = JsonlLog::open(&rd.path("resumes.jsonl"), u64::MAX)?;
     log.append(&[serde_json::to_string(&rec)?])?;
-    for c in changes {
-        tracing::info!(
-            "--resume: {} changes from {} to {} at step {step}",
-            c.key,
-            c.from.as_deref().unwrap_or("(unset)"),
-            c.to.as_deref().unwrap_or("(unset)")
-        );
-    }
     Ok(())
 }
 
@@ -261,26 +257,56 @@ struct Logs {
 }
 
 impl Logs {
-    /// Open the logs, keeping the rows up to `step` (those of the checkpoint resumed from).
-    fn open(rd: &RunDir, step: u64, tensorboard: bool) -> Result<Logs> {
-        let (steps, _) = CsvLog::open(&rd.path("steps.csv"), |r: &StepRow| r.step <= step)?;
-        let (eval, eval_rows) = CsvLog::open(&rd.path("eval.csv"), |r: &EvalRow| r.step <= step)?;
-        let (prompts, _) =
-            CsvLog::open(&rd.path("prompts.csv"), |r: &PromptTraceRow| r.step <= step)?;
-        let rollouts = JsonlLog::open(&rd.path("rollouts.jsonl"), step)?;
+    /// Open the logs for a run at `step` (that of the checkpoint resumed from): each keeps
+    /// exactly its rows up to the step (see [`CsvLog::open`]), and `steps.csv` must hold every
+    /// step up to it. Returns the logs and what was cut, for the user.
+    fn open(rd: &RunDir, step: u64, tensorboard: bool) -> Result<(Logs, Vec<String>)> {
+        let mut notes = Vec::new();
+        let steps_path = rd.path("steps.csv");
+        let (steps, rows, n) = CsvLog::open(&steps_path, step, |r: &StepRow| r.step)?;
+        notes.extend(n);
+        let have: Vec<u64> = rows.iter().map(|r| r.step).collect();
+        if have.iter().copied().ne(1..=step) {
+            let missing: Vec<u64> = (1..=step).filter(|s| !have.contains(s)).collect();
+            let what = match (missing.first(), missing.last()) {
+                (Some(a), Some(b)) if a == b => format!("the row of step {a} is missing"),
+                (Some(a), Some(b)) => {
+                    format!("{} rows of steps {a}..={b} are missing", missing.len())
+                }
+                _ => "its rows are not steps 1, 2, ... in order".to_string(),
+            };
+            anyhow::bail!(
+                "{}: the checkpoint is at step {step}, but {what} (the log was damaged or \
+                 emptied); a resume would go on without them: restore the file, or start the \
+                 run again with --overwrite",
+                steps_path.display()
+            );
+        }
+        let (eval, eval_rows, n) = CsvLog::open(&rd.path("eval.csv"), step, |r: &EvalRow| r.step)?;
+        notes.extend(n);
+        let (prompts, _, n) =
+            CsvLog::open(&rd.path("prompts.csv"), step, |r: &PromptTraceRow| r.step)?;
+        notes.extend(n);
+        let (rollouts, n) = JsonlLog::open(&rd.path("rollouts.jsonl"), step)?;
+        notes.extend(n);
+        notes.extend(crate::metrics::tensorboard::cut_back(
+            &rd.path("tensorboard"),
+            step,
+        )?);
         let tb = if tensorboard {
             Some(EventWriter::create(&rd.path("tensorboard"))?)
         } else {
             None
         };
-        Ok(Logs {
+        let logs = Logs {
             steps,
             eval,
             eval_rows,
             prompts,
             rollouts,
             tb,
-        })
+        };
+        Ok((logs, notes))
     }
 
     /// A step's row: steps.csv, and its numbers as `train/<column>` scalars.
@@ -613,8 +639,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 .with_context(|| format!("initial weight sync ({})", sync.name()))
         })?;
     }
-    record_config(&rd, &cfg, counters.step, &changes)?;
-    let mut logs = Logs::open(&rd, counters.step, cfg.run.tensorboard)?;
+    let (mut logs, cut) = Logs::open(&rd, counters.step, cfg.run.tensorboard)?;
     rd.keep();
 
     let total = total_steps(&cfg);
@@ -631,6 +656,19 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     for w in early {
         say(&bar, opts.quiet, w);
+    }
+    for c in cut {
+        // What a resume cut from the logs is said even with --quiet.
+        say(&bar, false, format!("--resume: {c}"));
+    }
+    for c in &changes {
+        tracing::info!(
+            "--resume: {} changes from {} to {} at step {}",
+            c.key,
+            c.from.as_deref().unwrap_or("(unset)"),
+            c.to.as_deref().unwrap_or("(unset)"),
+            counters.step
+        );
     }
     say(&bar, opts.quiet, m.precision_line());
     say(&bar, opts.quiet, m.checkpoint_line(&cfg)?);
@@ -651,6 +689,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let completions_at_start = counters.cum_completions;
     let wall_at_start = counters.wall_s;
     let t_loop = Instant::now();
+    let mut config_recorded = false;
     while counters.step < total {
         // Errors name the step; a libtorch failure outside the named phases is an error too.
         fault::set_step(Some(counters.step + 1));
@@ -673,6 +712,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         logs.step_row(&row)?;
         logs.rollouts.append(&lines)?;
         bar.inc(1);
+        if opts.resume && counters.step == steps_at_start + 1 {
+            record_resume(&rd, &cfg, steps_at_start, &changes)?;
+        }
 
         let last = counters.step == total;
         let every = |k: usize| k > 0 && counters.step % k as u64 == 0;
@@ -701,6 +743,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         counters.wall_s = wall_at_start + t_loop.elapsed().as_secs_f64();
         if every(cfg.run.checkpoint_every) || last {
             m.save(&rd, &cfg, &cur, &counters, &print)?;
+            if !opts.resume && !config_recorded {
+                record_config(&rd, &cfg)?;
+                config_recorded = true;
+            }
         }
     }
     fault::set_step(None);

@@ -1,10 +1,14 @@
 //! The run directory `cures run` writes: its files, its checkpoints and what a resume may change.
 //!
 //! ```text
-//! <run>/config.toml              the config the run started with (never overwritten)
+//! <run>/config.toml              the config the run started with (written with its first
+//!                                checkpoint; a resume never overwrites it)
 //! <run>/config.resume-step<N>.toml  the config of a resume at step N that changed a safe key
 //! <run>/resumes.jsonl            one line per resume: the step and every key that changed
-//! <run>/steps.csv eval.csv prompts.csv rollouts.jsonl   logs (appended; truncated on resume)
+//!                                (both written once the resume has made a step)
+//! <run>/steps.csv eval.csv prompts.csv rollouts.jsonl   logs (appended; cut back to the
+//!                                checkpoint's step on resume, never thinned)
+//! <run>/tensorboard/             event files (cut back the same way)
 //! <run>/checkpoints/step_<N>/    policy/, reference/, optimizer.safetensors, state.json
 //! <run>/checkpoints/latest       the name of the newest complete checkpoint
 //! ```

@@ -32,6 +32,7 @@ mod reward_peer;
 mod run_cures;
 mod run_e2e;
 mod run_faults;
+mod run_logs;
 mod server_faults;
 mod server_llama;
 mod server_sglang;
