@@ -769,6 +769,35 @@ impl Config {
         if it.steps == 0 {
             return Err(invalid("iterations.steps", "must be at least 1"));
         }
+        if self.run.eval_samples > MAX_EVAL_SAMPLES {
+            return Err(invalid(
+                "run.eval_samples",
+                format!(
+                    "{} is over {MAX_EVAL_SAMPLES} samples per held-out problem",
+                    self.run.eval_samples
+                ),
+            ));
+        }
+        for (k, v) in [
+            ("testbed.train_per_level", self.testbed.train_per_level),
+            ("testbed.heldout_per_level", self.testbed.heldout_per_level),
+        ] {
+            if v > MAX_TESTBED_PER_LEVEL {
+                return Err(invalid(
+                    k,
+                    format!("{v} is over {MAX_TESTBED_PER_LEVEL} problems per level"),
+                ));
+            }
+        }
+        if it.init_rollouts > MAX_BATCH {
+            return Err(invalid(
+                "iterations.init_rollouts",
+                format!(
+                    "{} is over {MAX_BATCH} (a prompt's pre-rollouts)",
+                    it.init_rollouts
+                ),
+            ));
+        }
         for (k, v) in [
             ("iterations.subsets", it.subsets),
             ("iterations.steps", it.steps),
@@ -888,6 +917,12 @@ pub const MAX_BATCH: usize = 1 << 20;
 pub const MAX_TOKENS: usize = 1 << 20;
 /// Most steps, subsets, iterations or SFT steps and rows.
 pub const MAX_COUNT: usize = 1_000_000_000;
+
+/// The most samples per held-out problem (avg@k / pass@k reach k = 1024 in the literature).
+pub const MAX_EVAL_SAMPLES: usize = 1024;
+
+/// The most synthetic problems per level of the testbed.
+pub const MAX_TESTBED_PER_LEVEL: usize = 100_000;
 /// Most prompts of a simulated pool.
 pub const MAX_POOL: usize = 100_000_000;
 /// Largest width or depth of the SFT testbed model.

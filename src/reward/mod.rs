@@ -96,8 +96,9 @@ impl RewardConfig {
             ("reward.wrong", self.wrong),
             ("reward.unboxed", self.unboxed),
         ] {
-            if !v.is_finite() {
-                return Err(format!("{k} must be finite, got {v}"));
+            // Beyond ±10^6 a reward only overflows the loss (its square, its advantage).
+            if !(v.is_finite() && v.abs() <= 1e6) {
+                return Err(format!("{k} must lie in [-1e6, 1e6], got {v:e}"));
             }
         }
         if !(self.rel_tol.is_finite() && self.rel_tol > 0.0) {

@@ -435,7 +435,16 @@ impl Trainer {
             }
             let norm = self.opt.clip_grad_norm(self.cfg.grad_clip)?;
             if !norm.is_finite() {
-                bail!("gradient norm is {norm} at optimiser step {}: refusing to apply it (lower train.lr?)", self.opt.steps() + 1);
+                bail!(
+                    "gradient norm is {norm} at optimiser step {}: refusing to apply it (lower \
+                     train.lr = {:e}, or train.kl_coef = {:e}, train.entropy_coef = {:e}, \
+                     train.weight_decay = {:e} if one of them is extreme)",
+                    self.opt.steps() + 1,
+                    self.cfg.lr,
+                    self.cfg.kl_coef,
+                    self.cfg.entropy_coef,
+                    self.cfg.weight_decay
+                );
             }
             grad_norm += norm / k as f64;
             self.opt.step(&self.cfg.adamw())?;

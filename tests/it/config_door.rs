@@ -84,6 +84,22 @@ fn absurd_numbers_are_refused_naming_the_key_and_range() {
             &["rollout.max_tokens=100000000"],
             &["rollout.max_tokens", "is over 1048576"],
         ),
+        (
+            &["iterations.init_rollouts=9223372036854775807"],
+            &["iterations.init_rollouts", "is over 1048576"],
+        ),
+        (
+            &["run.eval_samples=9223372036854775807"],
+            &["run.eval_samples", "is over 1024"],
+        ),
+        (
+            &["testbed.train_per_level=9223372036854775807"],
+            &["testbed.train_per_level", "is over 100000"],
+        ),
+        (
+            &["reward.wrong=-1e308"],
+            &["reward.wrong", "[-1e6, 1e6], got -1e308"],
+        ),
     ];
     for (sets, want) in cases {
         let mut args = vec!["check", "--config", "configs/demo.toml", "--config-only"];
@@ -151,4 +167,177 @@ fn absurd_numbers_are_refused_naming_the_key_and_range() {
         "rollout.request_timeout_s=3600",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Every numeric key of the config: the numbers of the default config, and the optional ones
+/// it leaves unset.
+fn numeric_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            toml::Value::Integer(_) | toml::Value::Float(_) => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let v = toml::Value::try_from(cures::config::Config::default()).expect("default config");
+    let mut keys = Vec::new();
+    walk("", &v, &mut keys);
+    for k in ["run.steps", "curriculum.n_max", "sft.steps"] {
+        if !keys.iter().any(|x| x == k) {
+            keys.push(k.to_string());
+        }
+    }
+    keys.sort();
+    keys
+}
+
+/// Numbers a user (or a typo) may write: the edges of every type, non-finite floats, and
+/// random magnitudes from 1e-20 to 1e20 (fixed seed).
+fn absurd_values() -> Vec<String> {
+    use rand::{Rng, SeedableRng};
+    let mut v: Vec<String> = [
+        "0",
+        "1",
+        "-1",
+        "2",
+        "0.5",
+        "-0.5",
+        "1e-300",
+        "1e308",
+        "-1e308",
+        "inf",
+        "-inf",
+        "nan",
+        "65536",
+        "86401",
+        "1048577",
+        "4294967296",
+        "9223372036854775807",
+        "-9223372036854775808",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(36);
+    for _ in 0..12 {
+        let e: i32 = rng.random_range(-20..=20);
+        let m: f64 = rng.random_range(-9.9..9.9);
+        v.push(format!("{m:.3}e{e}"));
+        v.push(format!(
+            "{}",
+            rng.random_range(0..=19u32).pow(rng.random_range(1..=14))
+        ));
+    }
+    v
+}
+
+/// The property: for every numeric key and every absurd number, the config either refuses it
+/// naming the key, or accepts it; and a one-step `cures run` with the accepted values of
+/// largest and smallest magnitude of each key the run reads ends without a panic, an abort or
+/// an internal error (an error of its own is fine).
+#[test]
+fn every_numeric_key_refuses_naming_itself_or_runs_a_step_without_panicking() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/demo.toml"))
+        .expect("demo config");
+    let keys = numeric_keys();
+    assert!(keys.len() > 40, "{keys:?}");
+    let values = absurd_values();
+    // Per key, the accepted values of largest and of smallest non-zero magnitude.
+    let mut extremes: Vec<(String, String)> = Vec::new();
+    for key in &keys {
+        let mut accepted: Vec<(f64, String)> = Vec::new();
+        for v in &values {
+            let set = vec![format!("{key}={v}")];
+            let r = std::panic::catch_unwind(|| {
+                cures::config::Config::from_toml_str(&text, "demo.toml", &set)
+            });
+            match r {
+                Err(_) => panic!("--set {key}={v} panicked"),
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(key.as_str()), "--set {key}={v}: {e}");
+                }
+                Ok(Ok(_)) => {
+                    accepted.push((v.parse::<f64>().map_or(f64::NAN, f64::abs), v.clone()))
+                }
+            }
+        }
+        let nonzero = accepted.iter().filter(|(x, _)| *x > 0.0);
+        let big = nonzero.clone().max_by(|a, b| a.0.total_cmp(&b.0));
+        let small = nonzero.min_by(|a, b| a.0.total_cmp(&b.0));
+        for (_, v) in big.into_iter().chain(small) {
+            if !extremes.contains(&(key.clone(), v.clone())) {
+                extremes.push((key.clone(), v.clone()));
+            }
+        }
+    }
+    let _serial = crate::support::serial();
+    let model = crate::run_e2e::policy_dir().to_str().expect("utf8");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut slow, mut bad) = (Vec::new(), Vec::new());
+    for (i, (key, v)) in extremes.iter().enumerate() {
+        // Keys `cures run` does not read, or that set how long it goes.
+        if key.starts_with("sft.") || key.starts_with("simulate.") || key == "run.steps" {
+            continue;
+        }
+        let out = tmp.path().join(format!("r{i}"));
+        let mut args = crate::run_e2e::small_run_args(model, out.to_str().expect("utf8"), "1");
+        args.extend(["--set".to_string(), format!("{key}={v}")]);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cures"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("RUST_BACKTRACE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn cures");
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let o = child.wait_with_output().expect("output");
+        let e = String::from_utf8_lossy(&o.stderr);
+        let Some(status) = status else {
+            slow.push(format!("{key}={v}"));
+            continue;
+        };
+        let tail: String = e.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+        eprintln!("{key}={v}: {status}: {tail}");
+        let crashed = [
+            "panicked",
+            "memory allocation",
+            "internal error",
+            "a bug in cures",
+        ]
+        .iter()
+        .any(|w| e.contains(w));
+        if crashed || status.code().is_none() {
+            bad.push(format!("{key}={v}: {status}: {tail}"));
+        } else if !status.success() && !e.contains("error:") {
+            bad.push(format!("{key}={v}: failed without an error: {tail}"));
+        }
+    }
+    eprintln!("still running after 10 s (killed): {slow:?}");
+    assert!(
+        bad.is_empty(),
+        "{} runs ended badly:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
