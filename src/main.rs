@@ -359,10 +359,13 @@ fn run(cli: Cli) -> Result<()> {
                     None => cures::run::configured_memory(&c)?,
                 };
                 // Sequences are sized by the longest prompt of the data when it can be read.
-                let longest = match cures::run::longest_prompt(&c) {
-                    Ok(n) => {
-                        println!("# longest prompt of data.train: {n} tokens");
-                        Some(n)
+                let longest = match cures::run::data_shape(&c) {
+                    Ok(d) => {
+                        println!(
+                            "# data.train: {} prompts, the longest {} tokens",
+                            d.prompts, d.longest_prompt
+                        );
+                        Some(d)
                     }
                     Err(e) => {
                         println!(

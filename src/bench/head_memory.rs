@@ -189,7 +189,11 @@ pub fn measure(preset: &Preset, chunk: usize, steps: usize) -> Result<HeadMemory
     }
     let secs = t.elapsed().as_secs_f64();
     let peak = proc_status_kb("VmHWM:")?.saturating_sub(base) * 1024;
-    let plan = MemoryPlan::new(&preset.model(), &preset.config(chunk), Some(PROMPT));
+    let shape = crate::train::plan::DataShape {
+        longest_prompt: PROMPT,
+        prompts: preset.batch,
+    };
+    let plan = MemoryPlan::new(&preset.model(), &preset.config(chunk), Some(shape));
     Ok(HeadMemory {
         chunk,
         tokens_per_s: (tokens * steps.max(1)) as f64 / secs,

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::policy::{weights, ModelConfig, Tokenizer};
 use crate::rollout::probe::Probe;
 use crate::rollout::EngineKind;
-use crate::train::plan::{DeviceClass, MemoryPlan};
+use crate::train::plan::{DataShape, DeviceClass, MemoryPlan};
 
 /// What `cures check` found in the inputs.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +37,12 @@ impl std::fmt::Display for InputCheck {
 pub fn memory_plan(
     cfg: &Config,
     available: Option<u64>,
-    longest_prompt: Option<usize>,
+    data: Option<DataShape>,
 ) -> Result<(MemoryPlan, Option<u64>)> {
     let dir = Path::new(&cfg.model.path);
     let model =
         ModelConfig::load(dir).with_context(|| format!("model.path = {}", dir.display()))?;
-    let plan = MemoryPlan::new(&model, cfg, longest_prompt);
+    let plan = MemoryPlan::new(&model, cfg, data);
     let available = available.or_else(|| {
         (DeviceClass::of(&cfg.model.device) == DeviceClass::Cpu)
             .then(crate::train::plan::host_memory)
@@ -103,15 +103,18 @@ pub fn model_and_tokenizer(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
     Ok((model, tok))
 }
 
-/// The longest training prompt in tokens, as `cures run` fits the data to the model's context
-/// (servers not asked): what the memory plan sizes a sequence by.
-pub fn longest_prompt(cfg: &Config) -> Result<usize> {
+/// The training data as `cures run` fits it to the model's context (servers not asked): its
+/// longest prompt in tokens, what the memory plan sizes a sequence by, and its prompts.
+pub fn data_shape(cfg: &Config) -> Result<DataShape> {
     let train = load_dataset(&cfg.data.train, cfg, false)
         .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
     let (model, tok) = model_and_tokenizer(Path::new(&cfg.model.path))?;
     let context = ContextLimit::of_model(model.max_position_embeddings);
     let fit = fit_prompts(&tok, &context, cfg, train)?;
-    Ok(fit.prompt_ids.iter().map(Vec::len).max().unwrap_or(0))
+    Ok(DataShape {
+        longest_prompt: fit.prompt_ids.iter().map(Vec::len).max().unwrap_or(0),
+        prompts: fit.prompt_ids.len(),
+    })
 }
 
 /// Check the inputs `cures run` reads, as it reads them; with `probe`, also ask the inference

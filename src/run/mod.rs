@@ -44,7 +44,7 @@ use crate::sync::WeightSync;
 use crate::train::{advantages, Trainer};
 
 pub use crate::rundir::schema::{EvalRow, PromptTraceRow, StepRow};
-pub use check::{check_inputs, configured_memory, longest_prompt, memory_plan, InputCheck};
+pub use check::{check_inputs, configured_memory, data_shape, memory_plan, InputCheck};
 pub use init::{init, InitRow, InitSummary};
 pub use setup::{
     device_of, encode_prompt, encode_with, eval_sets, evaluate, fit_prompts, load_dataset,
@@ -597,8 +597,11 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
     let context = ContextLimit::of_model(mc.max_position_embeddings).with_servers(servers.as_ref());
     let data = fit_prompts(&tok, &context, &cfg, raw)?;
-    let longest = data.prompt_ids.iter().map(Vec::len).max();
-    let (plan, available) = check::memory_plan(&cfg, check::configured_memory(&cfg)?, longest)?;
+    let shape = crate::train::plan::DataShape {
+        longest_prompt: data.prompt_ids.iter().map(Vec::len).max().unwrap_or(0),
+        prompts: data.prompt_ids.len(),
+    };
+    let (plan, available) = check::memory_plan(&cfg, check::configured_memory(&cfg)?, Some(shape))?;
     if let Some(a) = available {
         plan.check_fits(a).map_err(|e| {
             anyhow::anyhow!("{e} (see every part with `cures check --config ... --plan`)")

@@ -80,12 +80,36 @@ fn per_token_layer(m: &ModelConfig) -> u64 {
 /// big-vocab` without chunking (12.3 GB for 4096 x 151 936 x 4 B = 2.49 GB).
 const HEAD_COPIES: u64 = 5;
 
+/// What the plan knows of the training data once it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataShape {
+    /// The longest tokenised prompt.
+    pub longest_prompt: usize,
+    /// Prompts.
+    pub prompts: usize,
+}
+
+/// Completions stage 0 decodes at once: N' (`iterations.init_rollouts`) for every prompt of
+/// the largest subset (of the whole dataset when streaming); none for GRPO.
+pub fn stage0_rows(cfg: &Config, prompts: usize) -> u64 {
+    let strategy = crate::curriculum::Strategy::from_config(&cfg.curriculum, &cfg.batch);
+    if !strategy.uses_pre_rollouts() {
+        return 0;
+    }
+    let pool = match cfg.iterations.mode {
+        crate::config::IterationMode::Streaming => prompts,
+        crate::config::IterationMode::Subsets => prompts.div_ceil(cfg.iterations.subsets.max(1)),
+    };
+    (pool as u64).saturating_mul(cfg.iterations.init_rollouts as u64)
+}
+
 impl MemoryPlan {
     /// The plan of `cfg` for model `m`.
     ///
-    /// `longest_prompt`: the longest tokenised prompt of the training data, when it was read
-    /// (`None`: the worst case, `data.max_prompt_tokens` or the context).
-    pub fn new(m: &ModelConfig, cfg: &Config, longest_prompt: Option<usize>) -> Self {
+    /// `data`: the training data's shape, when it was read (`None`: sequences as long as
+    /// `data.max_prompt_tokens` or the context allow; stage 0 not sized).
+    pub fn new(m: &ModelConfig, cfg: &Config, data: Option<DataShape>) -> Self {
+        let longest_prompt = data.map(|d| d.longest_prompt);
         let p = m.num_params().max(0) as u64;
         let w = dtype_bytes(&cfg.model.dtype);
         let kind = if w == 2 {
@@ -210,17 +234,24 @@ impl MemoryPlan {
             );
         }
         if cfg.rollout.engine == EngineKind::Embedded {
+            // Without rollout.max_batch a step decodes its whole batch at once, and stage 0
+            // every prompt of the subset N' times.
+            let stage0 = data.map_or(0, |d| stage0_rows(cfg, d.prompts));
             let rows = match cfg.rollout.max_batch {
-                0 => cfg.batch.budget as u64,
+                0 => (cfg.batch.budget as u64).max(stage0),
                 r => r as u64,
+            };
+            let whole = if stage0 > cfg.batch.budget as u64 {
+                format!("0 = the whole batch; stage 0 decodes {stage0} at once")
+            } else {
+                "0 = the whole batch".to_string()
             };
             let kv = (m.kv_heads() * m.head_dim()) as u64;
             part(
                 "KV cache (embedded engine)",
-                rows * seq * layers * 2 * kv * w,
+                rows.saturating_mul(seq * layers * 2 * kv * w),
                 format!(
-                    "{rows} rows (rollout.max_batch = {}, 0 = the whole batch; stage 0 decodes \
-                     the pool x N' unless it is set) x {seq} tokens",
+                    "{rows} rows (rollout.max_batch = {}, {whole}) x {seq} tokens",
                     cfg.rollout.max_batch
                 ),
                 true,
@@ -428,7 +459,14 @@ mod tests {
         c.rollout.max_tokens = 24;
         c.batch.budget = 16;
         let worst = MemoryPlan::new(&m, &c, None);
-        let known = MemoryPlan::new(&m, &c, Some(100));
+        let known = MemoryPlan::new(
+            &m,
+            &c,
+            Some(DataShape {
+                longest_prompt: 100,
+                prompts: 10,
+            }),
+        );
         assert!(worst.part("activations") > 8 * known.part("activations"));
         let how = |p: &MemoryPlan| {
             p.parts
@@ -457,16 +495,62 @@ mod tests {
         // Exactly the per-token terms times the tokens: the estimate is linear in them.
         let mut twice = c.clone();
         twice.batch.budget = 32;
-        let t2 = MemoryPlan::new(&m, &twice, Some(100)).part("activations");
+        let t2 = MemoryPlan::new(
+            &m,
+            &twice,
+            Some(DataShape {
+                longest_prompt: 100,
+                prompts: 10,
+            }),
+        )
+        .part("activations");
         assert_eq!(t2, 2 * known.part("activations"));
         // A sequence longer than the micro-batch makes one of its own.
         let mut short = c.clone();
         short.train.micro_batch_tokens = 64;
-        let one = MemoryPlan::new(&m, &short, Some(100));
+        let one = MemoryPlan::new(
+            &m,
+            &short,
+            Some(DataShape {
+                longest_prompt: 100,
+                prompts: 10,
+            }),
+        );
         assert!(
             how(&one).starts_with("one micro-batch of 124 tokens"),
             "{}",
             how(&one)
+        );
+    }
+
+    #[test]
+    fn the_embedded_kv_cache_holds_stage_0_when_it_decodes_all_at_once() {
+        let m = qwen15();
+        let mut c = Config::default();
+        c.batch.budget = 16;
+        c.iterations.subsets = 10;
+        c.iterations.init_rollouts = 8;
+        let data = Some(DataShape {
+            longest_prompt: 100,
+            prompts: 1001,
+        });
+        let kv = |c: &Config| MemoryPlan::new(&m, c, data).part("KV cache (embedded engine)");
+        let per_row = kv(&c) / (101 * 8);
+        // ceil(1001 / 10) = 101 prompts x N' = 8 rows, not the budget's 16.
+        assert_eq!(stage0_rows(&c, 1001), 808);
+        assert_eq!(kv(&c), per_row * 808);
+        // GRPO has no stage 0; rollout.max_batch bounds both.
+        let mut grpo = c.clone();
+        grpo.curriculum.strategy = crate::config::StrategyKind::Grpo;
+        assert_eq!(stage0_rows(&grpo, 1001), 0);
+        assert_eq!(kv(&grpo), per_row * 16);
+        let mut capped = c.clone();
+        capped.rollout.max_batch = 32;
+        assert_eq!(kv(&capped), per_row * 32);
+        // The data unread: the budget.
+        assert_eq!(
+            MemoryPlan::new(&m, &c, None).part("KV cache (embedded engine)") % 16,
+            0
         );
     }
 }

@@ -193,7 +193,7 @@ fn bad_configs_fail_with_the_key_and_reason() {
     assert!(out.contains("# plan fits:"), "{out}");
     // Sequences are sized by the data's longest prompt, not the context, when the data reads.
     assert!(
-        out.contains("# longest prompt of data.train: ")
+        out.contains("# data.train: ")
             && out.contains("(the longest prompt of data.train + rollout.max_tokens)"),
         "{out}"
     );
