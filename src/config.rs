@@ -106,6 +106,9 @@ pub struct ModelSection {
     pub device: String,
     /// dtype of saved checkpoints.
     pub save_dtype: String,
+    /// `[model.lora]`: train LoRA adapters on the frozen base (unset: full fine-tuning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSection>,
 }
 
 impl Default for ModelSection {
@@ -115,7 +118,77 @@ impl Default for ModelSection {
             dtype: "f32".to_string(),
             device: "auto".to_string(),
             save_dtype: "f32".to_string(),
+            lora: None,
         }
+    }
+}
+
+/// `[model.lora]`: LoRA adapters (PEFT's names), kept in fp32 whatever `model.dtype` is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank r.
+    pub r: i64,
+    /// lora_alpha (scale = alpha / r); default r.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// Modules among q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+    #[serde(default = "all_projections")]
+    pub target_modules: Vec<String>,
+    /// Only 0 (no dropout) is implemented.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+fn all_projections() -> Vec<String> {
+    [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+impl LoraSection {
+    /// The policy's LoRA settings.
+    pub fn policy_config(&self) -> crate::policy::LoraConfig {
+        crate::policy::LoraConfig {
+            r: self.r,
+            alpha: self.alpha.unwrap_or(self.r as f64),
+            target_modules: self.target_modules.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=4096).contains(&self.r) {
+            return Err(invalid(
+                "model.lora.r",
+                format!("must lie in [1, 4096], got {}", self.r),
+            ));
+        }
+        if let Some(a) = self.alpha {
+            if !(a.is_finite() && a > 0.0 && a <= 1e6) {
+                return Err(invalid(
+                    "model.lora.alpha",
+                    format!("must lie in (0, 1e6], got {a}"),
+                ));
+            }
+        }
+        if self.dropout != 0.0 {
+            return Err(invalid(
+                "model.lora.dropout",
+                format!("only 0 is implemented, got {}", self.dropout),
+            ));
+        }
+        self.policy_config()
+            .targets()
+            .map_err(|e| invalid("model.lora.target_modules", e.to_string()))?;
+        Ok(())
     }
 }
 
@@ -592,6 +665,18 @@ impl Config {
     /// Check every value and combination; the error names the key and the reason.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.train.validate()?;
+        if let Some(l) = &self.model.lora {
+            l.validate()?;
+        }
+        if self.rollout.sync == crate::rollout::openai::SyncKind::VllmLora
+            && self.model.lora.is_none()
+        {
+            return Err(invalid(
+                "rollout.sync",
+                "\"vllm_lora\" publishes LoRA adapters, but [model.lora] is not set: set \
+                 model.lora.r (e.g. --set model.lora.r=16), or use rollout.sync = \"vllm_full\"",
+            ));
+        }
         self.rollout.validate()?;
         self.reward
             .validate()

@@ -60,6 +60,9 @@ enum Command {
     Diff(cures::policy::diff::DiffArgs),
     /// Sample completions from an HF model directory (tch policy).
     Generate(cures::policy::cli::GenerateArgs),
+    /// Merge a LoRA adapter (PEFT layout, e.g. a LoRA run's checkpoint policy/) into its base:
+    /// a full HF checkpoint for `cures eval` or `vllm serve`.
+    MergeLora(cures::policy::cli::MergeLoraArgs),
     /// The reward: verify answers against golds.
     #[command(subcommand)]
     Reward(cures::reward::cli::RewardCommand),
@@ -415,6 +418,11 @@ fn run(cli: Cli) -> Result<()> {
             || cures::policy::cli::generate(&args),
         )?,
         Command::Diff(args) => cures::policy::diff::run(&args)?,
+        Command::MergeLora(args) => fault::scope(
+            Phase::Checkpoint,
+            || "cures merge-lora".into(),
+            || cures::policy::cli::merge_lora(&args),
+        )?,
         Command::Bench(BenchCommand::TrainStep {
             preset: Some(name),
             child_chunk,

@@ -112,3 +112,71 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `cures merge-lora`.
+#[derive(Debug, Args)]
+pub struct MergeLoraArgs {
+    /// The base HF model directory the adapter was trained on (a LoRA run's model.path).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// The PEFT adapter directory (adapter_config.json, adapter_model.safetensors), e.g. a
+    /// LoRA run's checkpoints/step_N/policy.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Where to write the merged HF checkpoint (must not exist yet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// dtype of the written weights: f32, bf16, f16, or `auto` (the base's torch_dtype).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+}
+
+/// Run `cures merge-lora`: `W + alpha/r · B A` for every adapted linear, computed in fp32 and
+/// written in the base's dtype as a full HF checkpoint (tokenizer and configs copied), ready
+/// for `cures eval` or `vllm serve`.
+pub fn merge_lora(a: &MergeLoraArgs) -> Result<()> {
+    if a.out.exists() {
+        anyhow::bail!(
+            "--out {} exists: merge-lora writes a fresh directory",
+            a.out.display()
+        );
+    }
+    let kind = match a.dtype.as_str() {
+        "auto" => {
+            let cfg = super::ModelConfig::load(&a.base)
+                .with_context(|| format!("--base {}", a.base.display()))?;
+            match cfg.torch_dtype.as_deref() {
+                Some(t) => parse_kind(t).with_context(|| {
+                    format!(
+                        "--base {}: torch_dtype {t:?} (set --dtype)",
+                        a.base.display()
+                    )
+                })?,
+                None => tch::Kind::Float,
+            }
+        }
+        d => parse_kind(d).context("--dtype")?,
+    };
+    let mut policy = Policy::load(&a.base, tch::Device::Cpu, tch::Kind::Float)
+        .with_context(|| format!("--base {}", a.base.display()))?;
+    policy
+        .load_lora(&a.adapter)
+        .with_context(|| format!("--adapter {}", a.adapter.display()))?;
+    let l = policy
+        .lora_config()
+        .cloned()
+        .context("the adapter enabled no LoRA")?;
+    policy.merge_lora()?;
+    policy
+        .save_hf(&a.out, kind, 2 << 30)
+        .with_context(|| format!("--out {}", a.out.display()))?;
+    println!(
+        "merged {} (r = {}, alpha = {}) into {} -> {} ({kind:?})",
+        a.adapter.display(),
+        l.r,
+        l.alpha,
+        a.base.display(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -25,6 +25,11 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// The target modules in PEFT's full names, checked.
+    pub fn targets(&self) -> Result<Vec<String>> {
+        self.normalised_targets()
+    }
+
     fn normalised_targets(&self) -> Result<Vec<String>> {
         const ALL: [&str; 7] = [
             "q_proj",
@@ -61,7 +66,8 @@ impl LoraConfig {
 
 impl Policy {
     /// Add LoRA adapters (A ~ kaiming-uniform as PEFT, B = 0, so the model is unchanged) on
-    /// `cfg.target_modules` of every layer and freeze the base parameters.
+    /// `cfg.target_modules` of every layer and freeze the base parameters. The adapters are
+    /// fp32 whatever the base's dtype (an update of lr 1e-6 is below bf16's resolution).
     pub fn enable_lora(&mut self, cfg: LoraConfig, seed: u64) -> Result<()> {
         if self.lora.is_some() {
             bail!("LoRA is already enabled (merge_lora first)");
@@ -69,7 +75,7 @@ impl Policy {
         let targets = cfg.normalised_targets()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut lvs = VarStore::new(self.device);
-        lvs.set_kind(self.kind);
+        lvs.set_kind(Kind::Float);
         let root = lvs.root() / "base_model" / "model" / "model" / "layers";
         let scale = cfg.alpha / cfg.r as f64;
         for i in 0..self.model.layers.len() {
@@ -110,6 +116,73 @@ impl Policy {
     /// The LoRA config, when enabled.
     pub fn lora_config(&self) -> Option<&LoraConfig> {
         self.lora.as_ref().map(|l| &l.cfg)
+    }
+
+    /// A copy of the adapter weights by name (the state of a LoRA reference policy).
+    pub fn lora_snapshot(&self) -> Result<Vec<(String, Tensor)>> {
+        let l = self.lora.as_ref().context("LoRA is not enabled")?;
+        let mut vars: Vec<(String, Tensor)> =
+            l.vs.variables()
+                .into_iter()
+                .map(|(k, t)| (k, t.detach().copy()))
+                .collect();
+        vars.sort_by_key(|(k, _)| lora_sort_key(k));
+        Ok(vars)
+    }
+
+    /// Set the adapter weights to `snap` (names as [`Policy::lora_snapshot`] gives them).
+    pub fn set_lora_weights(&self, snap: &[(String, Tensor)]) -> Result<()> {
+        let l = self.lora.as_ref().context("LoRA is not enabled")?;
+        let vars = l.vs.variables();
+        if snap.len() != vars.len() {
+            bail!(
+                "an adapter of {} tensors for a policy with {}",
+                snap.len(),
+                vars.len()
+            );
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (name, t) in snap {
+                let var = vars
+                    .get(name)
+                    .with_context(|| format!("no adapter tensor {name}"))?;
+                var.shallow_clone()
+                    .f_copy_(t)
+                    .with_context(|| format!("adapter tensor {name}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Run `f` with the adapter weights set to `snap`, and put the current ones back after
+    /// (also when `f` fails): the reference policy of a LoRA run is the base with an earlier
+    /// adapter, without a second copy of the base.
+    pub fn with_lora_weights<T>(
+        &self,
+        snap: &[(String, Tensor)],
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let now = self.lora_snapshot()?;
+        self.set_lora_weights(snap)?;
+        let out = f();
+        self.set_lora_weights(&now)?;
+        out
+    }
+
+    /// The adapter tensors of a PEFT directory, named as [`Policy::lora_snapshot`] names them.
+    pub fn read_lora_snapshot(dir: &Path) -> Result<Vec<(String, Tensor)>> {
+        let f = dir.join("adapter_model.safetensors");
+        let mut vars: Vec<(String, Tensor)> = weights::read_file(&f)?
+            .into_iter()
+            .map(|(name, t)| {
+                let key = name
+                    .replace(".lora_A.default.", ".lora_A.")
+                    .replace(".lora_B.default.", ".lora_B.");
+                (key, t)
+            })
+            .collect();
+        vars.sort_by_key(|(k, _)| lora_sort_key(k));
+        Ok(vars)
     }
 
     /// Save the adapters in PEFT layout into the fresh directory `dir` (atomic):

@@ -291,12 +291,18 @@ impl Policy {
         self.kind
     }
 
-    /// Cast every parameter (and LoRA adapter) to `kind`.
+    /// The dtype of the trainable parameters: fp32 for LoRA adapters, else the model's.
+    pub fn trainable_kind(&self) -> Kind {
+        if self.lora.is_some() {
+            Kind::Float
+        } else {
+            self.kind
+        }
+    }
+
+    /// Cast every base parameter to `kind` (LoRA adapters stay fp32).
     pub fn set_kind(&mut self, kind: Kind) {
         self.vs.set_kind(kind);
-        if let Some(l) = &mut self.lora {
-            l.vs.set_kind(kind);
-        }
         self.model.set_kind(kind);
         self.kind = kind;
     }

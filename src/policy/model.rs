@@ -49,6 +49,15 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
         match &self.lora {
+            // Adapters are fp32 over a base of any dtype: the low-rank path runs in theirs.
+            Some(l) if l.a.kind() != x.kind() => {
+                let d = x
+                    .to_kind(l.a.kind())
+                    .linear::<Tensor>(&l.a, None)
+                    .linear::<Tensor>(&l.b, None)
+                    * l.scale;
+                y + d.to_kind(x.kind())
+            }
             Some(l) => y + x.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scale,
             None => y,
         }

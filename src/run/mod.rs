@@ -41,7 +41,7 @@ use crate::rundir::{
     CheckpointSpace, ConfigChange, CsvLog, DatasetFingerprint, JsonlLog, ResumeRecord, RunDir,
 };
 use crate::sync::WeightSync;
-use crate::train::{advantages, Trainer};
+use crate::train::{advantages, Reference, Trainer};
 
 pub use crate::rundir::schema::{EvalRow, PromptTraceRow, StepRow};
 pub use check::{check_inputs, configured_memory, data_shape, memory_plan, InputCheck};
@@ -380,30 +380,57 @@ impl Logs {
 /// What the loop trains and samples from.
 struct Models {
     policy: Policy,
-    reference: Option<Policy>,
+    reference: Option<Reference>,
     trainer: Trainer,
 }
 
 impl Models {
     /// The policy (the checkpoint's on a resume), the reference when `kl_coef > 0`, and the
-    /// trainer with the checkpoint's optimiser state.
+    /// trainer with the checkpoint's optimiser state. With `[model.lora]` the base is always
+    /// `model.path` and the checkpoint holds the adapters (`policy/`, `reference/`, PEFT
+    /// layout).
     fn load(cfg: &Config, saved: Option<&Saved>) -> Result<Models> {
         let device = device_of(cfg);
         let kind = parse_kind(&cfg.model.dtype)?;
+        let lora = cfg.model.lora.as_ref();
         let model_dir = match saved {
-            Some(s) => s.dir.join("policy"),
-            None => PathBuf::from(&cfg.model.path),
+            Some(s) if lora.is_none() => s.dir.join("policy"),
+            _ => PathBuf::from(&cfg.model.path),
         };
-        let policy = Policy::load(&model_dir, device, kind)
+        let mut policy = Policy::load(&model_dir, device, kind)
             .with_context(|| format!("model.path = {}", model_dir.display()))?;
-        let reference = if cfg.train.kl_coef > 0.0 {
-            let dir = saved.map_or(model_dir.clone(), |s| s.dir.join("reference"));
-            let ref_device = cfg.train.reference_device(device)?;
-            let r = Policy::load(&dir, ref_device, kind)
-                .with_context(|| format!("reference model {}", dir.display()))?;
-            Some(r)
-        } else {
-            None
+        if let Some(l) = lora {
+            match saved {
+                Some(s) => {
+                    let dir = s.dir.join("policy");
+                    policy
+                        .load_lora(&dir)
+                        .with_context(|| format!("LoRA adapter {}", dir.display()))?;
+                    let now = l.policy_config();
+                    let had = policy.lora_config().cloned();
+                    if had.as_ref().map(|h| (h.r, h.alpha)) != Some((now.r, now.alpha)) {
+                        anyhow::bail!(
+                            "--resume: the checkpoint's adapter ({}) is not [model.lora] = {now:?}",
+                            dir.display()
+                        );
+                    }
+                }
+                None => policy.enable_lora(l.policy_config(), cfg.seed)?,
+            }
+        }
+        let reference = match (cfg.train.kl_coef > 0.0, lora) {
+            (false, _) => None,
+            (true, Some(_)) => Some(Reference::Adapter(match saved {
+                Some(s) => Policy::read_lora_snapshot(&s.dir.join("reference"))?,
+                None => policy.lora_snapshot()?,
+            })),
+            (true, None) => {
+                let dir = saved.map_or(model_dir.clone(), |s| s.dir.join("reference"));
+                let ref_device = cfg.train.reference_device(device)?;
+                let r = Policy::load(&dir, ref_device, kind)
+                    .with_context(|| format!("reference model {}", dir.display()))?;
+                Some(Reference::Model(Box::new(r)))
+            }
         };
         let mut trainer = Trainer::new(cfg.train.clone(), &policy)?;
         if let Some(s) = saved {
@@ -447,22 +474,35 @@ impl Models {
                 gib(opt.state_bytes())
             ),
         };
+        let what = if self.policy.lora_config().is_some() {
+            format!(
+                "LoRA adapters in fp32 over the frozen {:?} base: {what}",
+                self.policy.kind()
+            )
+        } else {
+            what
+        };
         format!(
             "training: train.precision = {} over {params} trainable parameters: {what}",
             opt.precision().name()
         )
     }
 
-    /// Bytes a checkpoint of these models takes at `kind` (policy, reference, two moments).
+    /// Bytes a checkpoint of these models takes at `kind` (policy, reference, two moments);
+    /// with LoRA the adapters only, in fp32.
     fn checkpoint_estimate(&self, kind: Kind) -> u64 {
-        let params: u64 = self
-            .policy
-            .var_store()
-            .variables()
-            .values()
-            .map(|t| t.numel() as u64)
-            .sum();
-        let width = kind.elt_size_in_bytes() as u64;
+        let lora = self.policy.lora_config().is_some();
+        let store = if lora {
+            self.policy.trainable_var_store()
+        } else {
+            self.policy.var_store()
+        };
+        let params: u64 = store.variables().values().map(|t| t.numel() as u64).sum();
+        let width = if lora {
+            4
+        } else {
+            kind.elt_size_in_bytes() as u64
+        };
         let copies = 1 + u64::from(self.reference.is_some());
         let opt = self.trainer.optimizer();
         // Moments are fp32 unless `pure`; masters are fp32.
@@ -539,10 +579,21 @@ impl Models {
             // Exact resume needs the trainer's dtype: save_dtype defaults to it.
             // The fp32 masters (bf16_mixed) are the weights; the bf16 copy is derived.
             let masters = self.trainer.optimizer().masters();
-            self.policy
-                .save_hf_with(&tmp.join("policy"), kind, 2 << 30, &masters)?;
-            if let Some(r) = &self.reference {
-                r.save_hf(&tmp.join("reference"), kind, 2 << 30)?;
+            if self.policy.lora_config().is_some() {
+                // The adapters in PEFT layout, fp32 (they train in fp32).
+                self.policy.save_lora(&tmp.join("policy"), Kind::Float)?;
+            } else {
+                self.policy
+                    .save_hf_with(&tmp.join("policy"), kind, 2 << 30, &masters)?;
+            }
+            match &self.reference {
+                Some(Reference::Model(r)) => r.save_hf(&tmp.join("reference"), kind, 2 << 30)?,
+                Some(Reference::Adapter(snap)) => {
+                    let dir = tmp.join("reference");
+                    self.policy
+                        .with_lora_weights(snap, || self.policy.save_lora(&dir, Kind::Float))?;
+                }
+                None => {}
             }
             self.trainer
                 .optimizer()
@@ -589,9 +640,37 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if let Some(p) = &servers {
         early.extend(p.lines(cfg.rollout.sync));
     }
-    let policy_dir = saved
-        .as_ref()
-        .map_or(model_dir.to_path_buf(), |s| s.dir.join("policy"));
+    // A LoRA checkpoint holds adapters: the model is always model.path's.
+    let policy_dir = match &saved {
+        Some(s) if cfg.model.lora.is_none() => s.dir.join("policy"),
+        _ => model_dir.to_path_buf(),
+    };
+    if let Some(l) = &cfg.model.lora {
+        let how = match cfg.rollout.sync {
+            crate::rollout::SyncKind::VllmLora => {
+                "vLLM loads each new adapter (rollout.sync = \"vllm_lora\")".to_string()
+            }
+            crate::rollout::SyncKind::Auto | crate::rollout::SyncKind::Embedded
+                if cfg.rollout.engine == crate::rollout::EngineKind::Embedded =>
+            {
+                "the embedded engine samples from the adapters in place".to_string()
+            }
+            crate::rollout::SyncKind::Off | crate::rollout::SyncKind::Auto => {
+                "nothing is published (rollout.sync = \"none\"): the server keeps the base"
+                    .to_string()
+            }
+            other => format!(
+                "rollout.sync = {other:?} publishes the merged weights (the full model) every \
+                 step; \"vllm_lora\" publishes only the adapters"
+            ),
+        };
+        early.push(format!(
+            "LoRA: r = {}, alpha = {}, on {}; the base is frozen; {how}",
+            l.r,
+            l.alpha.unwrap_or(l.r as f64),
+            l.target_modules.join(", ")
+        ));
+    }
     let (mc, tok) = check::model_and_tokenizer(&policy_dir)
         .with_context(|| format!("model.path = {}", cfg.model.path))?;
     check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
@@ -780,7 +859,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 fn train_step(
     cfg: &Config,
     prompts: &Prompts<'_>,
-    (policy, reference, trainer): (&Policy, &mut Option<Policy>, &mut Trainer),
+    (policy, reference, trainer): (&Policy, &mut Option<Reference>, &mut Trainer),
     cur: &mut Curriculum,
     counters: &mut Counters,
     engine: &mut dyn RolloutEngine,
@@ -797,9 +876,7 @@ fn train_step(
         counters.cum_init_tokens += tokens;
         row.stale_completions += stale;
         if let Some(r) = reference.as_mut() {
-            r.var_store_mut()
-                .copy(policy.var_store())
-                .context("cannot copy the policy into the reference")?;
+            r.refresh(policy)?;
         }
         row.sec_init = t.elapsed().as_secs_f64();
     }

@@ -9,4 +9,6 @@ pub mod trainer;
 pub use advantage::{advantages, AdvantageKind, GroupRewards};
 pub use loss::{ppo_loss, LossConfig};
 pub use optim::{AdamW, AdamWParams, Precision};
-pub use trainer::{gradient_class_stats, GradRollout, Sample, TrainConfig, Trainer, UpdateStats};
+pub use trainer::{
+    gradient_class_stats, GradRollout, Reference, Sample, TrainConfig, Trainer, UpdateStats,
+};

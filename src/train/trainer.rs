@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -243,6 +243,32 @@ fn flat_logprobs(
     Ok(Tensor::cat(&parts, 0).to_device(device))
 }
 
+/// The KL anchor of an iteration: a second policy (its weights at the iteration's start), or,
+/// with LoRA, the policy's own frozen base with the adapter of the iteration's start (no second
+/// copy of the base).
+pub enum Reference {
+    /// A full copy of the policy.
+    Model(Box<Policy>),
+    /// Adapter weights by name ([`Policy::lora_snapshot`]).
+    Adapter(Vec<(String, Tensor)>),
+}
+
+impl Reference {
+    /// Make the reference the policy as it is now (an iteration's start).
+    pub fn refresh(&mut self, policy: &Policy) -> Result<()> {
+        match self {
+            Reference::Model(r) => r
+                .var_store_mut()
+                .copy(policy.var_store())
+                .context("cannot copy the policy into the reference"),
+            Reference::Adapter(snap) => {
+                *snap = policy.lora_snapshot()?;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Runs the policy update of a step.
 pub struct Trainer {
     cfg: TrainConfig,
@@ -253,12 +279,25 @@ impl Trainer {
     /// A trainer over the policy's trainable parameters, in `train.precision` resolved against
     /// the policy's dtype (an impossible combination is an error naming both keys).
     pub fn new(cfg: TrainConfig, policy: &Policy) -> Result<Self> {
-        let precision = cfg.precision.resolve(policy.kind()).map_err(|reason| {
-            crate::config::ConfigError::Invalid {
+        let lora = policy.lora_config().is_some();
+        if lora && !matches!(cfg.precision, Precision::Auto | Precision::Fp32) {
+            return Err(crate::config::ConfigError::Invalid {
+                key: "train.precision".into(),
+                reason: format!(
+                    "{}: with [model.lora] the adapters and their moments are fp32 over the \
+                     frozen base in any dtype; leave train.precision = \"auto\"",
+                    cfg.precision.name()
+                ),
+            }
+            .into());
+        }
+        let precision = cfg
+            .precision
+            .resolve(policy.trainable_kind())
+            .map_err(|reason| crate::config::ConfigError::Invalid {
                 key: "train.precision".into(),
                 reason,
-            }
-        })?;
+            })?;
         let vs = policy.trainable_var_store();
         if precision == Precision::Pure && policy.kind() != Kind::Float {
             let vars = vs.variables();
@@ -304,7 +343,7 @@ impl Trainer {
     pub fn update(
         &mut self,
         policy: &Policy,
-        reference: Option<&Policy>,
+        reference: Option<&Reference>,
         samples: &[Sample],
     ) -> Result<UpdateStats> {
         let samples: Vec<&Sample> = samples
@@ -332,7 +371,11 @@ impl Trainer {
         let (old_all, ref_all) = fault::scope(Phase::Logprobs, what, || {
             let old_all = flat_logprobs(policy, &seqs, &self.cfg, dev)?;
             let ref_all = match (reference, self.cfg.kl_coef > 0.0) {
-                (Some(r), true) => Some(flat_logprobs(r, &seqs, &self.cfg, dev)?),
+                (Some(Reference::Model(r)), true) => Some(flat_logprobs(r, &seqs, &self.cfg, dev)?),
+                (Some(Reference::Adapter(snap)), true) => Some(
+                    policy
+                        .with_lora_weights(snap, || flat_logprobs(policy, &seqs, &self.cfg, dev))?,
+                ),
                 _ => None,
             };
             Ok((old_all, ref_all))
@@ -479,17 +522,29 @@ pub fn gradient_class_stats(
     prefixes: &[String],
     rollouts: &[GradRollout<'_>],
 ) -> Result<ClassStats> {
-    // Trainable parameters only (with LoRA, name adapter tensors in `grad_stat_params`).
+    // Trainable parameters only. With LoRA the adapters are: those whose names contain a
+    // prefix's module path (`model.layers.3.` matches `base_model.model.model.layers.3....`),
+    // and all of them when no prefix names one (the default, the embeddings, is frozen).
     let vars: BTreeMap<String, Tensor> = policy
         .trainable_var_store()
         .variables()
         .into_iter()
+        .filter(|(_, t)| t.requires_grad())
         .collect();
-    let params: Vec<Tensor> = vars
-        .into_iter()
-        .filter(|(n, t)| t.requires_grad() && prefixes.iter().any(|p| n.starts_with(p.as_str())))
-        .map(|(_, t)| t)
+    let lora = policy.lora_config().is_some();
+    let named = |n: &str| {
+        prefixes
+            .iter()
+            .any(|p| n.starts_with(p.as_str()) || (lora && n.contains(p.as_str())))
+    };
+    let mut params: Vec<Tensor> = vars
+        .iter()
+        .filter(|(n, _)| named(n))
+        .map(|(_, t)| t.shallow_clone())
         .collect();
+    if lora && params.is_empty() {
+        params = vars.values().map(Tensor::shallow_clone).collect();
+    }
     if params.is_empty() {
         bail!("train.grad_stat_params {prefixes:?} matches no parameter of the policy");
     }

@@ -33,6 +33,7 @@ mod run_cures;
 mod run_e2e;
 mod run_faults;
 mod run_logs;
+mod run_lora;
 mod server_faults;
 mod server_llama;
 mod server_sglang;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cures::policy::{Policy, TrainPass};
-use cures::train::{Precision, Sample, TrainConfig, Trainer};
+use cures::train::{Precision, Reference, Sample, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
@@ -308,4 +308,74 @@ fn impossible_precision_is_refused_naming_the_key() {
         e.contains("train.precision") && e.contains("model.dtype"),
         "{e}"
     );
+}
+
+/// A LoRA update over a bf16 base: the base stays bitwise, the fp32 adapters move, and the KL
+/// reference is the base with the iteration-start adapter, swapped in and out of the policy.
+#[test]
+fn a_lora_update_moves_only_fp32_adapters_against_the_adapter_reference() {
+    let mut p = load("tiny-qwen2", Kind::BFloat16);
+    p.enable_lora(
+        cures::policy::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            target_modules: ["q", "k", "v", "o", "gate", "up", "down"]
+                .map(str::to_string)
+                .to_vec(),
+        },
+        7,
+    )
+    .expect("lora");
+    let base = snapshot(&p);
+    let start = p.lora_snapshot().expect("adapters");
+    assert!(start.iter().all(|(_, t)| t.kind() == Kind::Float));
+    let reference = Reference::Adapter(p.lora_snapshot().expect("adapters"));
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        kl_coef: 0.1,
+        mini_batches: 2,
+        logits_chunk_tokens: 4,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(cfg, &p).expect("trainer");
+    assert_eq!(t.precision(), Precision::Fp32, "adapters train in fp32");
+    t.update(&p, Some(&reference), &samples(&p))
+        .expect("update");
+    let second = t
+        .update(&p, Some(&reference), &samples(&p))
+        .expect("update");
+    assert!(
+        second.kl > 1e-6,
+        "KL to the iteration-start adapter: {}",
+        second.kl
+    );
+    // Refreshed to the adapter as it is now, one mini-batch sees no KL.
+    let mut now_ref = Reference::Adapter(Vec::new());
+    now_ref.refresh(&p).expect("refresh");
+    let one = TrainConfig {
+        mini_batches: 1,
+        ..t.config().clone()
+    };
+    let at_now = Trainer::new(one, &p)
+        .expect("trainer")
+        .update(&p, Some(&now_ref), &samples(&p))
+        .expect("update");
+    assert!(at_now.kl.abs() < 1e-6, "{}", at_now.kl);
+    assert_eq!(frac_changed(&base, &snapshot(&p)), 0.0, "the base moved");
+    let now = match &now_ref {
+        Reference::Adapter(a) => a,
+        Reference::Model(_) => unreachable!(),
+    };
+    let moved: f64 = now
+        .iter()
+        .zip(&start)
+        .filter(|((k, _), _)| k.contains("lora_B"))
+        .map(|((_, a), (_, b))| (a - b).abs().sum(Kind::Double).double_value(&[]))
+        .sum();
+    assert!(moved > 0.0, "the adapters did not move");
+    // The reference adapter was put back after each use: the policy holds its own.
+    let Reference::Adapter(r) = &reference else {
+        unreachable!("an adapter reference")
+    };
+    assert!(r.iter().zip(&start).all(|((_, a), (_, b))| a.equal(b)));
 }
