@@ -80,6 +80,31 @@ fn per_token_layer(m: &ModelConfig) -> u64 {
 /// big-vocab` without chunking (12.3 GB for 4096 x 151 936 x 4 B = 2.49 GB).
 const HEAD_COPIES: u64 = 5;
 
+/// Parameters of the LoRA adapters `l` puts on model `m`: r x (in + out) per adapted linear.
+pub fn lora_params(m: &ModelConfig, l: &crate::config::LoraSection) -> u64 {
+    let (h, i) = (
+        m.hidden_size.max(0) as u64,
+        m.intermediate_size.max(0) as u64,
+    );
+    let q = (m.num_attention_heads * m.head_dim()).max(0) as u64;
+    let kv = (m.kv_heads() * m.head_dim()).max(0) as u64;
+    let per_layer: u64 = l
+        .policy_config()
+        .targets()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| match t.as_str() {
+            "q_proj" => h + q,
+            "k_proj" | "v_proj" => h + kv,
+            "o_proj" => q + h,
+            "gate_proj" | "up_proj" => h + i,
+            "down_proj" => i + h,
+            _ => 0,
+        })
+        .sum();
+    per_layer * l.r.max(0) as u64 * m.num_hidden_layers.max(0) as u64
+}
+
 /// What the plan knows of the training data once it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataShape {
@@ -133,21 +158,48 @@ impl MemoryPlan {
             format!("{p} parameters x {w} B ({})", cfg.model.dtype),
             true,
         );
-        part("gradients", p * w, format!("{p} x {w} B"), true);
-        let (per, what) = match precision {
-            Precision::Bf16Mixed => (16, "fp32 master 4 B + moments 8 B + accumulator 4 B"),
-            Precision::Pure => (2 * w, "two moments in model.dtype"),
-            _ => (8, "two fp32 moments"),
-        };
-        part(
-            "optimiser state",
-            p * per,
-            format!(
-                "{p} x {per} B: {what} (train.precision = {})",
-                precision.name()
-            ),
-            true,
-        );
+        match cfg.model.lora.as_ref() {
+            Some(l) => {
+                // Adapters and their moments are fp32; the base has neither gradients nor
+                // optimiser state.
+                let a = lora_params(m, l);
+                part(
+                    "LoRA adapters",
+                    a * 4,
+                    format!("{a} parameters x 4 B (r = {}, fp32)", l.r),
+                    true,
+                );
+                part(
+                    "gradients",
+                    a * 4,
+                    format!("{a} x 4 B (adapters only)"),
+                    true,
+                );
+                part(
+                    "optimiser state",
+                    a * 8,
+                    format!("{a} x 8 B: two fp32 moments (adapters only)"),
+                    true,
+                );
+            }
+            None => {
+                part("gradients", p * w, format!("{p} x {w} B"), true);
+                let (per, what) = match precision {
+                    Precision::Bf16Mixed => (16, "fp32 master 4 B + moments 8 B + accumulator 4 B"),
+                    Precision::Pure => (2 * w, "two moments in model.dtype"),
+                    _ => (8, "two fp32 moments"),
+                };
+                part(
+                    "optimiser state",
+                    p * per,
+                    format!(
+                        "{p} x {per} B: {what} (train.precision = {})",
+                        precision.name()
+                    ),
+                    true,
+                );
+            }
+        }
         // The longest sequence a micro-batch holds, and its tokens: the longest prompt of the
         // data when it is known, else the longest the context allows; a micro-batch never holds
         // more than the step's budget of such sequences.
@@ -226,12 +278,21 @@ impl MemoryPlan {
         let same = |d: &str| matches!(d, "" | "same") || d == cfg.model.device;
         let ref_elsewhere = !same(&cfg.train.ref_device);
         if cfg.train.kl_coef > 0.0 {
-            part(
-                "reference model",
-                p * w,
-                format!("{p} x {w} B (train.kl_coef > 0)"),
-                !ref_elsewhere,
-            );
+            match cfg.model.lora.as_ref() {
+                // The reference is the base with a copy of the adapters.
+                Some(l) => part(
+                    "reference model",
+                    lora_params(m, l) * 4,
+                    "a copy of the adapters (the base is shared)".to_string(),
+                    true,
+                ),
+                None => part(
+                    "reference model",
+                    p * w,
+                    format!("{p} x {w} B (train.kl_coef > 0)"),
+                    !ref_elsewhere,
+                ),
+            }
         }
         if cfg.rollout.engine == EngineKind::Embedded {
             // Without rollout.max_batch a step decodes its whole batch at once, and stage 0

@@ -193,3 +193,34 @@ fn vllm_lora_without_model_lora_is_refused_naming_both_keys() {
         "{text}"
     );
 }
+
+/// The memory plan counts what a LoRA policy trains: the adapters' parameters (as many as the
+/// policy has), their gradients and fp32 moments, no base gradients or optimiser state.
+#[test]
+fn the_plan_counts_adapter_only_training_state() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy/tiny-qwen2");
+    let m = cures::policy::ModelConfig::load(&dir).expect("config");
+    let mut cfg = cures::config::Config::default();
+    cfg.model.lora = Some(cures::config::LoraSection {
+        r: 4,
+        alpha: None,
+        target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        dropout: 0.0,
+    });
+    let mut p = Policy::load(&dir, Device::Cpu, Kind::Float).expect("policy");
+    let lora = cfg.model.lora.as_ref().expect("lora");
+    p.enable_lora(lora.policy_config(), 0).expect("lora");
+    let counted: u64 = p
+        .trainable_var_store()
+        .variables()
+        .values()
+        .map(|t| t.numel() as u64)
+        .sum();
+    assert_eq!(cures::train::plan::lora_params(&m, lora), counted);
+    let plan = cures::train::plan::MemoryPlan::new(&m, &cfg, None);
+    assert_eq!(plan.part("optimiser state"), counted * 8);
+    assert_eq!(plan.part("gradients"), counted * 4);
+    cfg.model.lora = None;
+    let full = cures::train::plan::MemoryPlan::new(&m, &cfg, None);
+    assert!(full.part("optimiser state") > 10 * counted * 8);
+}

@@ -82,8 +82,13 @@ pub fn check_generation(
 /// with the server at `url` as the engine and `sync` publishing every step, in-process (the
 /// shared target directory's binary may be rebuilt by others meanwhile). Returns steps.csv.
 pub fn short_run(model: &Path, url: &str, sync: &str, out: &Path) -> String {
+    short_run_with(model, url, sync, out, &[])
+}
+
+/// [`short_run`] with more `--set`s (applied last).
+pub fn short_run_with(model: &Path, url: &str, sync: &str, out: &Path, extra: &[&str]) -> String {
     let t = Instant::now();
-    let sets: Vec<String> = vec![
+    let mut sets: Vec<String> = vec![
         format!("model.path={}", model.display()),
         "model.device=cpu".into(),
         "data.eval=[]".into(),
@@ -102,6 +107,7 @@ pub fn short_run(model: &Path, url: &str, sync: &str, out: &Path) -> String {
         format!("rollout.sync={sync}"),
         format!("rollout.endpoints=[{{url = \"{url}\", model = \"smol\"}}]"),
     ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
     let config = cures::config::Config::from_toml_str("", "<short_run>", &sets).expect("config");
     let summary = cures::run::run(cures::run::RunOptions {
         config,
