@@ -218,7 +218,8 @@ pub struct DataConfig {
     pub id_key: String,
     /// The field holding a level: an integer or a string ending in one (`"Level 3"`).
     pub level_key: String,
-    /// Dataset folders: the split read for training (shards named `<split>*`).
+    /// Dataset folders: the split read for training (files `<split>.EXT` or shards
+    /// `<split>-NNNNN-of-NNNNN.EXT`, matched by exact name).
     pub train_split: String,
     /// Dataset folders: the split read for the held-out sets.
     pub eval_split: String,
@@ -667,6 +668,18 @@ impl Config {
         self.train.validate()?;
         if let Some(l) = &self.model.lora {
             l.validate()?;
+        }
+        for (k, v) in [
+            ("data.train_split", &self.data.train_split),
+            ("data.eval_split", &self.data.eval_split),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(
+                    k,
+                    "is empty: name one split of the dataset folder (e.g. \"train\"); an empty \
+                     split would read every split, the held-out ones too",
+                ));
+            }
         }
         if self.rollout.sync == crate::rollout::openai::SyncKind::VllmLora
             && self.model.lora.is_none()

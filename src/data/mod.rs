@@ -197,8 +197,25 @@ fn read_records(path: &Path, fields: &Fields) -> Result<(Vec<PathBuf>, Vec<Recor
 
 const EXTENSIONS: &[&str] = &["parquet", "jsonl", "json", "csv"];
 
+/// The split a data file's name belongs to: its stem (`test.jsonl` → `test`), or what precedes
+/// a shard number (`train-00000-of-00003.parquet`, `train-00001-of-00002-5f3a.parquet` →
+/// `train`). `train_sft-00000-of-00001` is the split `train_sft`, never `train`'s.
+pub fn split_of(file_name: &str) -> &str {
+    let stem = file_name.split_once('.').map_or(file_name, |(s, _)| s);
+    let mut at = 0;
+    while let Some(k) = stem[at..].find('-') {
+        let i = at + k;
+        if stem[i + 1..].starts_with(|c: char| c.is_ascii_digit()) {
+            return &stem[..i];
+        }
+        at = i + 1;
+    }
+    stem
+}
+
 /// A Hugging Face dataset folder's shards of `split`: the data files under `dir/data/` (or
-/// `dir/` itself) whose names start with the split, in name order.
+/// `dir/` itself) whose split (see [`split_of`]) is exactly `split`, in name order. An empty
+/// or unknown split is an error listing the splits there.
 fn shards(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
     let sub = dir.join("data");
     let base = if sub.is_dir() { sub } else { dir.to_path_buf() };
@@ -220,18 +237,24 @@ fn shards(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
     };
     let mine: Vec<PathBuf> = all
         .iter()
-        .filter(|p| name(p).starts_with(split))
+        .filter(|p| !split.is_empty() && split_of(&name(p)) == split)
         .cloned()
         .collect();
     if mine.is_empty() {
-        let seen: Vec<String> = all.iter().map(name).collect();
+        let mut splits: Vec<String> = all.iter().map(|p| split_of(&name(p)).to_string()).collect();
+        splits.dedup();
+        let what = if split.is_empty() {
+            "no split named (the split is empty)".to_string()
+        } else {
+            format!("no {split:?} split (files named {split}.EXT or {split}-NNNNN-of-NNNNN.EXT)")
+        };
         bail!(
-            "{}: no {split} shards (files named {split}*.parquet|jsonl|json|csv); found: {}",
+            "{}: {what}; the splits here: {}",
             base.display(),
-            if seen.is_empty() {
-                "no data files".to_string()
+            if splits.is_empty() {
+                "none (no .parquet/.jsonl/.json/.csv files)".to_string()
             } else {
-                seen.join(", ")
+                splits.join(", ")
             }
         );
     }

@@ -254,7 +254,60 @@ fn a_dataset_folder_reads_the_splits_shards() {
         .unwrap_err()
     );
     assert!(
-        e.contains("no validation shards") && e.contains("train-00000-of-00002.jsonl"),
+        e.contains("no \"validation\" split") && e.contains("the splits here: test, train"),
+        "{e}"
+    );
+}
+
+#[test]
+fn splits_are_matched_by_exact_name() {
+    for (file, split) in [
+        ("train-00000-of-00003.parquet", "train"),
+        ("train-00001-of-00002-5f3a9c.parquet", "train"),
+        ("train.jsonl", "train"),
+        ("train_sft-00000-of-00001.parquet", "train_sft"),
+        ("training_extra-00000-of-00001.parquet", "training_extra"),
+        ("validation-00000-of-00001.parquet", "validation"),
+        ("test-extra-00000-of-00001.parquet", "test-extra"),
+        ("x.tar.gz", "x"),
+    ] {
+        assert_eq!(split_of(file), split, "{file}");
+    }
+    let d = tempfile::tempdir().expect("tmp");
+    let row = |p: &str| format!("{{\"problem\": \"{p}\", \"answer\": \"1\"}}\n");
+    for (f, p) in [
+        ("train-00000-of-00001.jsonl", "t"),
+        ("train_sft-00000-of-00001.jsonl", "sft"),
+        ("training_extra-00000-of-00001.jsonl", "extra"),
+        ("test-00000-of-00001.jsonl", "held-out"),
+        ("validation.jsonl", "val"),
+    ] {
+        std::fs::write(d.path().join(f), row(p)).expect("w");
+    }
+    let read = |split: &str| {
+        load_with(
+            d.path(),
+            &Fields {
+                split: split.into(),
+                ..Fields::default()
+            },
+        )
+        .map(|l| {
+            l.examples
+                .into_iter()
+                .map(|e| e.problem)
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(read("train").expect("train"), ["t"]);
+    assert_eq!(read("train_sft").expect("train_sft"), ["sft"]);
+    assert_eq!(read("validation").expect("validation"), ["val"]);
+    let e = format!("{:#}", read("valid").unwrap_err());
+    assert!(e.contains("no \"valid\" split"), "{e}");
+    let e = format!("{:#}", read("").unwrap_err());
+    assert!(
+        e.contains("the split is empty")
+            && e.contains("test, train, train_sft, training_extra, validation"),
         "{e}"
     );
 }

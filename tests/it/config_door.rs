@@ -100,6 +100,10 @@ fn absurd_numbers_are_refused_naming_the_key_and_range() {
             &["reward.wrong=-1e308"],
             &["reward.wrong", "[-1e6, 1e6], got -1e308"],
         ),
+        (
+            &["data.train_split=\"\""],
+            &["data.train_split", "is empty"],
+        ),
     ];
     for (sets, want) in cases {
         let mut args = vec!["check", "--config", "configs/demo.toml", "--config-only"];
