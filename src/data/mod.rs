@@ -261,41 +261,12 @@ fn shards(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
     Ok(mine)
 }
 
-/// The last `\boxed{...}` (or `\fbox{...}`) of a worked solution, braces balanced.
-pub fn last_boxed(solution: &str) -> Option<String> {
-    let mut best = None;
-    for pat in ["\\boxed", "\\fbox"] {
-        if let Some(k) = solution.rfind(pat) {
-            if best.is_none_or(|b| k > b) {
-                best = Some(k + pat.len());
-            }
-        }
-    }
-    let rest = solution[best?..].trim_start();
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut depth = 1usize;
-        for (i, c) in body.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        let a = body[..i].trim();
-                        return (!a.is_empty()).then(|| a.to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
-    } else {
-        // `\boxed 5`: up to the next space or `$`.
-        let a: String = rest
-            .chars()
-            .take_while(|c| !c.is_whitespace() && *c != '$')
-            .collect();
-        (!a.is_empty()).then_some(a)
-    }
+/// The last `\boxed{...}` (or `\fbox{...}`) of a worked solution, exactly as the reward
+/// reads boxes: the command matched whole (`\fbox`, not `\fboxsep`), a mention without an
+/// argument passed over; `None` when there is none, an error (the reason) for a last box that
+/// is starred or never closed.
+pub fn last_boxed(solution: &str) -> std::result::Result<Option<String>, String> {
+    crate::reward::extract::solution_box(solution)
 }
 
 /// The file as UTF-8 text: a leading byte-order mark is dropped, and bytes that are not UTF-8 are
@@ -389,10 +360,14 @@ fn check(records: Vec<Record>, fields: &Fields, origin: &str) -> Result<Report> 
                 )
             })?;
         let mut answer = text_field(&r.obj, &fields.answer, &at)?.filter(|a| !a.trim().is_empty());
+        let mut at = at;
         if answer.is_none() && !fields.solution.is_empty() {
-            answer = text_field(&r.obj, &fields.solution, &at)?
-                .as_deref()
-                .and_then(last_boxed);
+            if let Some(sol) = text_field(&r.obj, &fields.solution, &at)? {
+                match last_boxed(&sol) {
+                    Ok(a) => answer = a,
+                    Err(why) => at = format!("{at} (field `{}`: {why})", fields.solution),
+                }
+            }
         }
         let level = level_field(&r.obj, &fields.level, &at)?;
         let id = text_field(&r.obj, &fields.id, &at)?

@@ -203,13 +203,46 @@ fn field_mapping_and_the_last_box() {
         e.contains("`problem` is missing") && e.contains("\"question\""),
         "{e}"
     );
-    assert_eq!(last_boxed("a \\boxed{x^{2}} b").as_deref(), Some("x^{2}"));
+}
+
+#[test]
+fn the_last_box_of_a_solution_is_read_exactly() {
+    let ok = |s: &str| last_boxed(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+    assert_eq!(ok("a \\boxed{x^{2}} b").as_deref(), Some("x^{2}"));
+    assert_eq!(ok("\\fbox{1} then \\boxed 5$").as_deref(), Some("5"));
+    assert_eq!(ok("no box"), None);
+    // A mention of the command is no box; a longer command is not \fbox.
     assert_eq!(
-        last_boxed("\\fbox{1} then \\boxed 5$").as_deref(),
+        ok("\\boxed{5}. (We put answers in \\boxed.)").as_deref(),
         Some("5")
     );
-    assert_eq!(last_boxed("\\boxed{unclosed"), None);
-    assert_eq!(last_boxed("no box"), None);
+    assert_eq!(ok("\\boxed{5} (we use \\boxed)").as_deref(), Some("5"));
+    assert_eq!(
+        ok("\\boxed{4} \\setlength{\\fboxsep}{2pt}").as_deref(),
+        Some("4")
+    );
+    assert_eq!(ok("\\fbox{7}").as_deref(), Some("7"));
+    // Starred or never closed: refused with the reason.
+    let e = last_boxed("\\boxed*{5}").unwrap_err();
+    assert!(e.contains("starred"), "{e}");
+    let e = last_boxed("\\boxed{3} and \\boxed*{5}").unwrap_err();
+    assert!(e.contains("starred"), "{e}");
+    let e = last_boxed("\\boxed{unclosed").unwrap_err();
+    assert!(e.contains("never closed"), "{e}");
+    // A row whose solution's box is starred is named with the reason.
+    let (_d, p) = write(
+        "sol.jsonl",
+        "{\"problem\": \"a\", \"solution\": \"so \\\\boxed{2}\"}\n{\"problem\": \"b\", \"solution\": \"so \\\\boxed*{3}\"}\n",
+    );
+    let fields = Fields {
+        solution: "solution".into(),
+        ..Fields::default()
+    };
+    let e = format!("{:#}", load_with(&p, &fields).unwrap_err());
+    assert!(
+        e.contains("sol.jsonl:2 (field `solution`: its last box") && e.contains("starred"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -214,12 +214,13 @@ pub fn malformed(text: &str) -> Option<String> {
 }
 
 /// The box that starts at `start` (index of the backslash of `\boxed`/`\fbox`):
-/// (content, end index exclusive).
+/// (content, end index exclusive). `None` when the command is not a box: a longer command
+/// (`\fboxsep`), a starred form, or a mention without an argument (`in \boxed.`).
 fn box_at(text: &str, start: usize, kw_len: usize) -> Option<(&str, usize)> {
     let b = text.as_bytes();
     let mut i = start + kw_len;
-    if i < b.len() && b[i].is_ascii_alphabetic() {
-        return None; // \boxedfoo: another command
+    if i < b.len() && (b[i].is_ascii_alphabetic() || b[i] == b'*') {
+        return None; // \boxedfoo, \fboxsep: another command; \boxed*: not a box
     }
     while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
         i += 1;
@@ -234,7 +235,14 @@ fn box_at(text: &str, start: usize, kw_len: usize) -> Option<(&str, usize)> {
             None => Some((&text[i + 1..], b.len())),
         }
     } else {
-        // `\boxed 5`: up to whitespace or `$`.
+        // `\boxed 5` (or `\boxed5`): a token up to whitespace or `$`, which starts like an
+        // answer; `\boxed.` or `\boxed)` is a mention of the command, not a box.
+        let spaced = i > start + kw_len;
+        let starts = b[i].is_ascii_digit()
+            || (spaced && (b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] == b'\\'));
+        if !starts {
+            return None;
+        }
         let s = i;
         while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'$' {
             i += 1;
@@ -245,16 +253,60 @@ fn box_at(text: &str, start: usize, kw_len: usize) -> Option<(&str, usize)> {
     }
 }
 
-/// Last `\boxed`/`\fbox` occurrence before `end`: (start, keyword length).
+/// Last `\boxed`/`\fbox` box before `end`: (start, keyword length). Occurrences that are no
+/// box (see [`box_at`]) are passed over.
 fn rfind_box(text: &str, end: usize) -> Option<(usize, usize)> {
-    let hay = &text[..end];
-    let a = hay.rfind("\\boxed").map(|p| (p, 6));
-    let b = hay.rfind("\\fbox").map(|p| (p, 5));
-    match (a, b) {
-        (Some(x), Some(y)) => Some(if x.0 > y.0 { x } else { y }),
-        (x, None) => x,
-        (None, y) => y,
+    let mut cur = end;
+    loop {
+        let hay = &text[..cur];
+        let a = hay.rfind("\\boxed").map(|p| (p, 6));
+        let b = hay.rfind("\\fbox").map(|p| (p, 5));
+        let (p, kw) = match (a, b) {
+            (Some(x), Some(y)) => {
+                if x.0 > y.0 {
+                    x
+                } else {
+                    y
+                }
+            }
+            (Some(x), None) => x,
+            (None, Some(y)) => y,
+            (None, None) => return None,
+        };
+        if box_at(text, p, kw).is_some() {
+            return Some((p, kw));
+        }
+        cur = p;
     }
+}
+
+/// The last box of a worked solution (a dataset's gold), exactly: `Ok(None)` when there is
+/// none; an error for a last box that cannot be read (never closed, or starred: `\boxed*{..}`).
+pub fn solution_box(text: &str) -> Result<Option<String>, String> {
+    let starred = ["\\boxed*", "\\fbox*"]
+        .iter()
+        .filter_map(|k| text.rfind(k))
+        .max();
+    let last = rfind_box(text, text.len());
+    if let Some(s) = starred {
+        if last.is_none_or(|(p, _)| s > p) {
+            return Err(format!("its last box, at byte {s}, is starred (\\boxed*)"));
+        }
+    }
+    let Some((start, kw)) = last else {
+        return Ok(None);
+    };
+    if let Some(reason) = malformed(text) {
+        return Err(reason);
+    }
+    let Some((content, _)) = box_at(text, start, kw) else {
+        return Ok(None);
+    };
+    let content = content.trim();
+    if content.len() > MAX_ANSWER {
+        return Err(format!("its last box holds {} bytes", content.len()));
+    }
+    Ok((!content.is_empty()).then(|| content.to_string()))
 }
 
 fn is_word_at(b: &[u8], i: usize, w: &[u8]) -> bool {

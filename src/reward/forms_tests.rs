@@ -246,3 +246,14 @@ fn long_and_deep_answers_parse_within_a_small_stack() {
         yes(&[(&format!("\\boxed{{{ok}}}"), "101")]);
     });
 }
+
+#[test]
+fn a_mention_of_the_box_command_is_no_box() {
+    yes(&[
+        ("\\boxed{5}. (We put answers in \\boxed.)", "5"),
+        ("\\boxed{5} (answers go in \\boxed)", "5"),
+        ("\\boxed{4} \\setlength{\\fboxsep}{2pt}", "4"),
+        ("the answer is \\boxed 12", "12"),
+    ]);
+    no(&[("\\boxed{4} \\setlength{\\fboxsep}{2pt}", "2pt")]);
+}
