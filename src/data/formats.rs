@@ -26,6 +26,49 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<Record>> {
     }
 }
 
+/// A JSON object's fields as written: a number keeps its literal text (as a string: `0.1`,
+/// `1e20` and `123456789012345678901234567890` stay exactly that), other values parse as JSON;
+/// a key given twice is an error (JSON parsers silently keep one of them).
+fn exact_object(
+    raw: &serde_json::value::RawValue,
+) -> std::result::Result<Map<String, Value>, String> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Fields;
+    impl<'de> Visitor<'de> for Fields {
+        type Value = Vec<(String, &'de serde_json::value::RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = m.next_entry::<String, &'de serde_json::value::RawValue>()? {
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let fields = de
+        .deserialize_map(Fields)
+        .map_err(|_| "expected a JSON object".to_string())?;
+    let mut obj = Map::new();
+    for (k, v) in fields {
+        let text = v.get().trim();
+        let value = if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            Value::String(text.to_string())
+        } else {
+            serde_json::from_str(text).map_err(|e| format!("field `{k}`: {e}"))?
+        };
+        if obj.insert(k.clone(), value).is_some() {
+            return Err(format!("key `{k}` appears twice"));
+        }
+    }
+    Ok(obj)
+}
+
 fn read_jsonl(text: &str, origin: &str) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -33,11 +76,9 @@ fn read_jsonl(text: &str, origin: &str) -> Result<Vec<Record>> {
             continue;
         }
         let at = format!("{origin}:{}", i + 1);
-        let value: Value =
+        let raw: &serde_json::value::RawValue =
             serde_json::from_str(line).with_context(|| format!("{at}: invalid JSON"))?;
-        let Value::Object(obj) = value else {
-            bail!("{at}: expected a JSON object");
-        };
+        let obj = exact_object(raw).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
         out.push(Record { at, obj });
     }
     Ok(out)
@@ -45,11 +86,13 @@ fn read_jsonl(text: &str, origin: &str) -> Result<Vec<Record>> {
 
 /// A JSON array of objects (a `datasets` `to_json(lines=False)` export, or hand-written).
 fn read_json_array(text: &str, origin: &str) -> Result<Vec<Record>> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| anyhow::anyhow!("{origin}:{}:{}: invalid JSON ({e})", e.line(), e.column()))?;
-    let Value::Array(items) = value else {
-        bail!("{origin}: expected a JSON array of objects");
-    };
+    let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            anyhow::anyhow!("{origin}: expected a JSON array of objects")
+        } else {
+            anyhow::anyhow!("{origin}:{}:{}: invalid JSON ({e})", e.line(), e.column())
+        }
+    })?;
     // Each element's line, for messages: the line of its opening brace.
     let mut lines = Vec::with_capacity(items.len());
     let (mut depth, mut line, mut in_str, mut esc) = (0usize, 1usize, false, false);
@@ -81,12 +124,13 @@ fn read_json_array(text: &str, origin: &str) -> Result<Vec<Record>> {
                 Some(l) => format!("{origin}:{l}"),
                 None => format!("{origin}: element {k}"),
             };
-            match v {
-                Value::Object(obj) => Ok(Record { at, obj }),
-                other => bail!(
-                    "{at}: element {k} is not a JSON object: {}",
-                    super::short(&other)
-                ),
+            match exact_object(v) {
+                Ok(obj) => Ok(Record { at, obj }),
+                Err(e) if e == "expected a JSON object" => {
+                    let text: String = v.get().chars().take(80).collect();
+                    bail!("{at}: element {k} is not a JSON object: {text}")
+                }
+                Err(e) => bail!("{at}: {e}"),
             }
         })
         .collect()
@@ -102,6 +146,11 @@ fn read_csv(text: &str, origin: &str) -> Result<Vec<Record>> {
         .iter()
         .map(|h| h.trim().to_string())
         .collect();
+    for (k, h) in headers.iter().enumerate() {
+        if headers[..k].contains(h) {
+            bail!("{origin}:1: column `{h}` appears twice in the CSV header");
+        }
+    }
     let mut out = Vec::new();
     for record in reader.records() {
         let record = record.with_context(|| format!("{origin}: malformed CSV"))?;
@@ -151,8 +200,11 @@ fn read_parquet(path: &Path, origin: &str) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// A Parquet value as JSON: strings, integers and floats as such; anything else (lists,
-/// structs, dates) as its text, which the text fields then see.
+/// A Parquet value as JSON, as written in its column's type: strings as such, integers
+/// exactly, floats as the shortest decimal that round-trips in their own width (float32 `0.1`
+/// is `"0.1"`, float64 `1e20` is `"100000000000000000000"`); lists, maps, structs and
+/// non-UTF-8 bytes as JSON arrays and objects, which a text field then refuses (as it does for
+/// JSON files), naming the file, row and field.
 fn field_json(f: &parquet::record::Field) -> Value {
     use parquet::record::Field as F;
     match f {
@@ -167,14 +219,25 @@ fn field_json(f: &parquet::record::Field) -> Value {
         F::UShort(v) => Value::from(*v),
         F::UInt(v) => Value::from(*v),
         F::ULong(v) => Value::from(*v),
-        F::Float(v) => {
-            serde_json::Number::from_f64(f64::from(*v)).map_or(Value::Null, Value::Number)
-        }
-        F::Double(v) => serde_json::Number::from_f64(*v).map_or(Value::Null, Value::Number),
+        F::Float16(v) => Value::String(v.to_string()),
+        F::Float(v) => Value::String(v.to_string()),
+        F::Double(v) => Value::String(v.to_string()),
         F::Bytes(b) => match std::str::from_utf8(b.data()) {
             Ok(s) => Value::String(s.to_string()),
-            Err(_) => Value::String(f.to_string()),
+            Err(_) => Value::Array(b.data().iter().map(|x| Value::from(*x)).collect()),
         },
+        F::ListInternal(l) => Value::Array(l.elements().iter().map(field_json).collect()),
+        F::MapInternal(m) => Value::Object(
+            m.entries()
+                .iter()
+                .map(|(k, v)| (k.to_string(), field_json(v)))
+                .collect(),
+        ),
+        F::Group(row) => Value::Object(
+            row.get_column_iter()
+                .map(|(k, v)| (k.clone(), field_json(v)))
+                .collect(),
+        ),
         other => Value::String(other.to_string()),
     }
 }

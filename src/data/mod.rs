@@ -305,31 +305,35 @@ fn short(v: &Value) -> String {
 
 /// A level: a small integer, or a string ending in one (`"Level 3"`); `"Level ?"` = none.
 fn level_field(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<u32>> {
+    let bad = |got: &str| {
+        anyhow::anyhow!(
+            "{at}: field `{key}` must be a whole number >= 0 (or \"Level N\", \"Level ?\" for \
+             none), got {got} (data.level_key = \"\" reads no levels)"
+        )
+    };
+    let whole = |t: &str| -> Option<u32> {
+        // 3, or 3.0 as a float column writes it; never -3 or 3.5.
+        let x: f64 = t.parse().ok()?;
+        (x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= f64::from(u32::MAX))
+            .then_some(x as u32)
+    };
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|l| u32::try_from(l).ok())
+        Some(Value::Number(n)) => whole(&n.to_string())
             .map(Some)
-            .with_context(|| {
-                format!("{at}: field `{key}` must be a small non-negative integer, got {n}")
-            }),
+            .ok_or_else(|| bad(&n.to_string())),
         Some(Value::String(s)) => {
-            let digits: String = s
-                .trim()
-                .chars()
-                .rev()
-                .take_while(char::is_ascii_digit)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            Ok(digits.parse().ok())
+            let t = s.trim();
+            let t = t
+                .strip_prefix("Level")
+                .or_else(|| t.strip_prefix("level"))
+                .map_or(t, str::trim);
+            if t.is_empty() || t == "?" {
+                return Ok(None);
+            }
+            whole(t).map(Some).ok_or_else(|| bad(&format!("{s:?}")))
         }
-        Some(other) => bail!(
-            "{at}: field `{key}` must be an integer or a string, got {}",
-            short(other)
-        ),
+        Some(other) => Err(bad(&short(other))),
     }
 }
 

@@ -364,3 +364,127 @@ fn inspect_counts_what_load_refuses_or_drops() {
     assert_eq!(i.fields[0], ("problem".to_string(), 3));
     assert!(i.fields.contains(&("src".to_string(), 1)));
 }
+
+#[test]
+fn numbers_keep_the_text_they_were_written_as() {
+    let (_d, p) = write(
+        "n.jsonl",
+        concat!(
+            "{\"problem\": \"a\", \"answer\": 0.1, \"level\": 3}\n",
+            "{\"problem\": \"b\", \"answer\": 123456789012345678901234567890, \"id\": 7}\n",
+            "{\"problem\": \"c\", \"answer\": 1e20, \"level\": \"Level 2\"}\n",
+            "{\"problem\": \"d\", \"answer\": -2.50}\n",
+        ),
+    );
+    let rows = load(&p).expect("load");
+    let answers: Vec<&str> = rows.iter().map(|e| e.answer.as_str()).collect();
+    assert_eq!(
+        answers,
+        ["0.1", "123456789012345678901234567890", "1e20", "-2.50"]
+    );
+    assert_eq!(rows[1].id, "7");
+    assert_eq!((rows[0].level, rows[2].level), (Some(3), Some(2)));
+    // The same in a JSON array.
+    let (_d2, a) = write(
+        "n.json",
+        "[{\"problem\": \"a\", \"answer\": 0.1},\n {\"problem\": \"b\", \"answer\": 1e20}]",
+    );
+    let answers: Vec<String> = load(&a)
+        .expect("load")
+        .into_iter()
+        .map(|e| e.answer)
+        .collect();
+    assert_eq!(answers, ["0.1", "1e20"]);
+}
+
+#[test]
+fn duplicate_keys_bad_levels_and_nested_answers_are_refused_naming_the_place() {
+    let err = |name: &str, text: &str| format!("{:#}", load(&write(name, text).1).unwrap_err());
+    let e = err(
+        "d.jsonl",
+        "{\"problem\": \"a\", \"answer\": \"1\"}\n{\"problem\": \"b\", \"answer\": \"1\", \"answer\": \"2\"}\n",
+    );
+    assert!(e.contains("d.jsonl:2: key `answer` appears twice"), "{e}");
+    let e = err("d.csv", "problem,answer,answer\na,1,2\n");
+    assert!(e.contains("d.csv:1: column `answer` appears twice"), "{e}");
+    for (level, shown) in [("-3", "\"-3\""), ("3.5", "\"3.5\""), ("hard", "\"hard\"")] {
+        let e = err("l.csv", &format!("problem,answer,level\na,1,{level}\n"));
+        assert!(
+            e.contains("l.csv:2: field `level` must be a whole number >= 0") && e.contains(shown),
+            "{level}: {e}"
+        );
+    }
+    let ok = load(&write("l.csv", "problem,answer,level\na,1,3.0\nb,2,Level ?\n").1).expect("ok");
+    assert_eq!((ok[0].level, ok[1].level), (Some(3), None));
+    let e = err(
+        "n.jsonl",
+        "{\"problem\": \"a\", \"answer\": [\"2\", \"3\"]}\n",
+    );
+    assert!(
+        e.contains("n.jsonl:1: field `answer` must be a string"),
+        "{e}"
+    );
+}
+
+/// A Parquet file of one row: float32 0.1, float64 1e20 and non-UTF-8 bytes.
+fn parquet_row(path: &std::path::Path, raw: &[u8]) {
+    use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, FloatType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = std::sync::Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message m { required binary problem (UTF8); required float a32; \
+             required double a64; required binary raw; }",
+        )
+        .expect("schema"),
+    );
+    let file = std::fs::File::create(path).expect("create");
+    let props = std::sync::Arc::new(WriterProperties::builder().build());
+    let mut w = SerializedFileWriter::new(file, schema, props).expect("writer");
+    let mut rg = w.next_row_group().expect("row group");
+    let mut k = 0;
+    while let Some(mut col) = rg.next_column().expect("column") {
+        match k {
+            0 => col
+                .typed::<ByteArrayType>()
+                .write_batch(&[ByteArray::from("p")], None, None)
+                .map(|_| ()),
+            1 => col
+                .typed::<FloatType>()
+                .write_batch(&[0.1f32], None, None)
+                .map(|_| ()),
+            2 => col
+                .typed::<DoubleType>()
+                .write_batch(&[1e20f64], None, None)
+                .map(|_| ()),
+            _ => col
+                .typed::<ByteArrayType>()
+                .write_batch(&[ByteArray::from(raw.to_vec())], None, None)
+                .map(|_| ()),
+        }
+        .expect("write");
+        col.close().expect("close");
+        k += 1;
+    }
+    rg.close().expect("close");
+    w.close().expect("close");
+}
+
+#[test]
+fn parquet_floats_are_their_shortest_decimal_and_bytes_are_no_text() {
+    let d = tempfile::tempdir().expect("tmp");
+    let p = d.path().join("f.parquet");
+    parquet_row(&p, &[255, 254]);
+    let with = |answer: &str| Fields {
+        answer: answer.into(),
+        ..Fields::default()
+    };
+    let one = |answer: &str| load_with(&p, &with(answer)).map(|l| l.examples[0].answer.clone());
+    assert_eq!(one("a32").expect("float32"), "0.1");
+    assert_eq!(one("a64").expect("float64"), "100000000000000000000");
+    let e = format!("{:#}", one("raw").unwrap_err());
+    assert!(
+        e.contains("f.parquet: row 1: field `raw` must be a string") && e.contains("[255,254]"),
+        "{e}"
+    );
+}
