@@ -32,6 +32,63 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+/// serde's "unknown field `x`, expected one of `a`, `b`" with the nearest known key named
+/// ("did you mean `problem_key`?") when one is close (about a third of its letters differ).
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else {
+        return message.to_string();
+    };
+    let Some((unknown, rest)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let known: Vec<&str> = rest
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| rest.split("expected ").nth(1))
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split(", ")
+        .map(|k| k.trim().trim_matches('`'))
+        .filter(|k| !k.is_empty())
+        .collect();
+    let best = known.iter().map(|k| (edit_distance(unknown, k), *k)).min();
+    match best {
+        Some((d, k)) if d > 0 && d <= k.len().div_ceil(3) => {
+            let hint = format!(" (did you mean `{k}`?)");
+            message
+                .split('\n')
+                .map(|l| {
+                    if l.contains("unknown field `") {
+                        format!("{l}{hint}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -635,7 +692,7 @@ impl Config {
         // Parse the file on its own first so schema errors point at its lines.
         let parsed: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            message: with_suggestion(&e.to_string()),
         })?;
         let config = if overrides.is_empty() {
             parsed
@@ -649,7 +706,7 @@ impl Config {
             }
             Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::Parse {
                 origin: format!("{origin} (after --set {})", overrides.join(" --set ")),
-                message: e.to_string(),
+                message: with_suggestion(&e.to_string()),
             })?
         };
         config.validate()?;

@@ -343,7 +343,30 @@ fn simulate(args: SimulateArgs, set: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Commands that read no config, with what sets their options instead: `--set` would be
+/// silently ignored there, so it is refused.
+fn reads_no_config(c: &Command) -> Option<(&'static str, &'static str)> {
+    Some(match c {
+        Command::Data(_) => (
+            "cures data",
+            "its flags --problem-key, --answer-key, --solution-key, --id-key, --level-key and \
+             --split set what the data.*_key and data.*_split keys set for a run",
+        ),
+        Command::Generate(_) => ("cures generate", "its flags (cures generate --help)"),
+        Command::Diff(_) => ("cures diff", "its flags (cures diff --help)"),
+        Command::MergeLora(_) => ("cures merge-lora", "its flags (cures merge-lora --help)"),
+        Command::Sync(_) => ("cures sync", "its flags (cures sync --help)"),
+        Command::Convert(_) => ("cures convert", "its flags (cures convert --help)"),
+        Command::Reward(_) => ("cures reward", "its flags (cures reward --help)"),
+        Command::Plot(_) => ("cures plot", "its flags (cures plot --help)"),
+        _ => return None,
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let (Some(first), Some((what, instead))) = (cli.set.first(), reads_no_config(&cli.command)) {
+        anyhow::bail!("{what} reads no config, so --set {first} would be ignored: {instead}");
+    }
     match cli.command {
         Command::Check {
             config,

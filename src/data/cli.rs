@@ -70,7 +70,7 @@ pub struct InspectArgs {
 pub struct PrepareArgs {
     /// A dataset file or folder.
     pub input: PathBuf,
-    /// The JSONL file to write.
+    /// The JSON Lines file to write (`.jsonl`).
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -85,6 +85,19 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             inspect_report(&a.path, &a.fields.fields(), a.model.as_deref())?
         ),
         DataCommand::Prepare(a) => {
+            let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "jsonl" {
+                anyhow::bail!(
+                    "--out {}: cures data prepare writes JSON Lines; name the file .jsonl \
+                     (it would be {} in name only)",
+                    a.out.display(),
+                    if ext.is_empty() {
+                        "extension-less"
+                    } else {
+                        ext
+                    }
+                );
+            }
             let l = load_with(&a.input, &a.fields.fields())?;
             write_jsonl(&a.out, &l.examples)?;
             println!(

@@ -359,7 +359,7 @@ fn check(records: Vec<Record>, fields: &Fields, origin: &str) -> Result<Report> 
             .with_context(|| {
                 let have: Vec<&String> = r.obj.keys().collect();
                 format!(
-                    "{at}: field `{}` is missing or empty (the row has {have:?}; set data.problem_key)",
+                    "{at}: field `{}` is missing or empty (the row has {have:?}; set data.problem_key, or --problem-key for cures data)",
                     fields.problem
                 )
             })?;

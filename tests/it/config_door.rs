@@ -345,3 +345,51 @@ fn every_numeric_key_refuses_naming_itself_or_runs_a_step_without_panicking() {
         bad.join("\n")
     );
 }
+
+/// A misspelt key is refused with the nearest known one; a command that reads no config
+/// refuses --set rather than ignoring it, naming its own flags.
+#[test]
+fn unknown_keys_are_refused_with_the_nearest_and_set_is_never_ignored() {
+    for (set, want) in [
+        ("data.prolem_key=x", "(did you mean `problem_key`?)"),
+        ("trian.lr=1", "(did you mean `train`?)"),
+        ("rollout.max_token=8", "(did you mean `max_tokens`?)"),
+    ] {
+        let o = cures(&[
+            "check",
+            "--config",
+            "configs/demo.toml",
+            "--config-only",
+            "--set",
+            set,
+        ]);
+        refused(&o, set, &["unknown field", want]);
+    }
+    let o = cures(&[
+        "data",
+        "inspect",
+        "tests/fixtures/data/math.jsonl",
+        "--set",
+        "data.train_split=test",
+    ]);
+    refused(
+        &o,
+        "data inspect --set",
+        &[
+            "cures data reads no config",
+            "--set data.train_split=test",
+            "--split",
+        ],
+    );
+    let o = cures(&[
+        "reward",
+        "check",
+        "--pred",
+        "1",
+        "--gold",
+        "1",
+        "--set",
+        "reward.correct=2",
+    ]);
+    refused(&o, "reward check --set", &["cures reward reads no config"]);
+}

@@ -105,6 +105,24 @@ fn data_inspect_and_prepare() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let prepared = load(&dst).expect("prepared loads with the defaults");
     assert_eq!(prepared, load_with(&p, &math()).expect("folder").examples);
+    // An output named for another format is refused, and nothing is written.
+    let pq = tmp.path().join("x.parquet");
+    let o = cures(&[
+        "data",
+        "prepare",
+        p.to_str().expect("utf8"),
+        "--solution-key",
+        "solution",
+        "--out",
+        pq.to_str().expect("utf8"),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("writes JSON Lines; name the file .jsonl"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!pq.exists());
     // A missing file names itself.
     let o = cures(&["data", "inspect", "/nonexistent/x.parquet"]);
     assert!(!o.status.success());
