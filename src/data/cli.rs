@@ -179,9 +179,26 @@ pub fn inspect_report(path: &Path, fields: &Fields, model: Option<&Path>) -> Res
             .and_then(|p| p.to_vec().first().copied());
         let tok = crate::policy::Tokenizer::load(dir, &cfg.eos_ids(), pad)
             .with_context(|| format!("the tokenizer of {}", dir.display()))?;
+        // No tokenizer spends more than 64 bytes of text on one token: a problem longer than
+        // that many context's worth is over the context, and is not tokenised (a 50 MB row
+        // would take gigabytes).
+        let ctx = usize::try_from(cfg.max_position_embeddings).unwrap_or(0);
         let mut lens = Vec::with_capacity(i.examples.len());
+        let mut huge = 0usize;
         for e in &i.examples {
+            if e.problem.len() > ctx.saturating_mul(64) {
+                huge += 1;
+                continue;
+            }
             lens.push(tok.encode(&e.problem, false)?.len());
+        }
+        if huge > 0 {
+            let _ = writeln!(
+                s,
+                "{huge} problem{} far longer than the context ({ctx} tokens; over {} bytes): not tokenised, and dropped by cures run",
+                if huge == 1 { " is" } else { "s are" },
+                ctx.saturating_mul(64)
+            );
         }
         lens.sort_unstable();
         let q = |p: f64| {

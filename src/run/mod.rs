@@ -676,6 +676,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     check::check_stop_ids(&cfg, mc.vocab_size, model_dir)?;
     let context = ContextLimit::of_model(mc.max_position_embeddings).with_servers(servers.as_ref());
     let data = fit_prompts(&tok, &context, &cfg, raw)?;
+    let (evals, eval_drops) = setup::fit_eval_sets(&tok, &context, &cfg, evals)?;
+    early.extend(eval_drops.into_iter().map(warn));
     let shape = crate::train::plan::DataShape {
         longest_prompt: data.prompt_ids.iter().map(Vec::len).max().unwrap_or(0),
         prompts: data.prompt_ids.len(),

@@ -57,6 +57,52 @@ pub fn eval_sets(cfg: &Config) -> Result<Vec<(String, Vec<Example>)>> {
     Ok(out)
 }
 
+/// Drop (and count) the held-out problems whose prompts do not fit the context with
+/// `rollout.max_tokens`, as [`fit_prompts`] does for training (a huge one is dropped before it
+/// is tokenised). Returns the sets kept and one line per set that lost problems.
+pub fn fit_eval_sets(
+    tok: &Tokenizer,
+    context: &ContextLimit,
+    cfg: &Config,
+    evals: Vec<(String, Vec<Example>)>,
+) -> Result<(Vec<(String, Vec<Example>)>, Vec<String>)> {
+    let limit = prompt_limit(cfg, context)?;
+    let mut lines = Vec::new();
+    let mut out = Vec::with_capacity(evals.len());
+    for (name, ex) in evals {
+        let total = ex.len();
+        let mut kept = Vec::with_capacity(total);
+        for e in ex {
+            if e.problem.len() > limit.saturating_mul(64) {
+                continue;
+            }
+            let p = encode_with(tok, cfg, &e.problem)
+                .with_context(|| format!("data.eval {name}: encoding problem {:?}", e.id))?;
+            if p.len() <= limit {
+                kept.push(e);
+            }
+        }
+        if kept.len() < total {
+            lines.push(format!(
+                "data.eval {name}: dropped {} of {total} problems longer than {limit} tokens \
+                 (they would not fit the context with rollout.max_tokens = {}); the accuracy is \
+                 over the {} kept",
+                total - kept.len(),
+                cfg.rollout.max_tokens,
+                kept.len()
+            ));
+        }
+        if kept.is_empty() && total > 0 {
+            bail!(
+                "data.eval {name}: all {total} problems are longer than {limit} tokens (the \
+                 model's context minus rollout.max_tokens)"
+            );
+        }
+        out.push((name, kept));
+    }
+    Ok((out, lines))
+}
+
 /// Tokenise a problem into its prompt ids (template, then chat template when configured).
 pub fn encode_prompt(policy: &Policy, cfg: &Config, problem: &str) -> Result<Vec<i64>> {
     encode_with(policy.tokenizer(), cfg, problem)

@@ -128,3 +128,67 @@ fn data_inspect_and_prepare() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/x.parquet"));
 }
+
+/// A 50 MB problem under a 4 GB address-space limit: `data inspect --model` counts it without
+/// tokenising it, and `cures run` drops it from a held-out set, counts it, and evaluates the rest.
+#[test]
+fn a_50_mb_problem_is_dropped_and_counted_under_a_memory_limit() {
+    let _serial = crate::support::serial();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let big = tmp.path().join("big.jsonl");
+    let huge = "1+".repeat(25_000_000) + "1";
+    std::fs::write(
+        &big,
+        format!("{{\"problem\": \"{huge}\", \"answer\": \"x\"}}\n{{\"problem\": \"2+2\", \"answer\": \"4\"}}\n"),
+    )
+    .expect("write");
+    let model = crate::run_e2e::policy_dir();
+    let limited = |args: &[String]| {
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v 4000000; exec '{}' {}",
+                env!("CARGO_BIN_EXE_cures"),
+                quoted.join(" ")
+            ))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("bash");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    };
+    let (ok, text) = limited(&[
+        "data".into(),
+        "inspect".into(),
+        big.display().to_string(),
+        "--model".into(),
+        model.display().to_string(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("1 problem is far longer than the context"),
+        "{text}"
+    );
+    let out = tmp.path().join("run");
+    let mut args = crate::run_e2e::small_run_args(
+        model.to_str().expect("utf8"),
+        out.to_str().expect("utf8"),
+        "1",
+    );
+    args.retain(|a| a != "--quiet");
+    args.extend(["--set".into(), format!("data.eval=[\"{}\"]", big.display())]);
+    let (ok, text) = limited(&args);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("data.eval big: dropped 1 of 2 problems longer than"),
+        "{text}"
+    );
+    let (head, rows) = crate::run_e2e::read_csv(&out.join("eval.csv"));
+    let problems = head.iter().position(|h| h == "problems").expect("problems");
+    assert!(rows.iter().all(|r| r[problems] == "1"), "{rows:?}");
+}
