@@ -38,7 +38,7 @@ pub fn load_dataset(spec: &str, cfg: &Config, heldout: bool) -> Result<Vec<Examp
 }
 
 /// The evaluation sets: (name, examples). The testbed adds one set per level.
-pub fn eval_sets(cfg: &Config) -> Result<Vec<(String, Vec<Example>)>> {
+pub fn eval_sets(cfg: &Config) -> Result<EvalSets> {
     let mut out = Vec::new();
     for spec in &cfg.data.eval {
         let mut ex = load_dataset(spec, cfg, true)?;
@@ -57,6 +57,9 @@ pub fn eval_sets(cfg: &Config) -> Result<Vec<(String, Vec<Example>)>> {
     Ok(out)
 }
 
+/// Held-out sets: (name, problems).
+pub type EvalSets = Vec<(String, Vec<Example>)>;
+
 /// Drop (and count) the held-out problems whose prompts do not fit the context with
 /// `rollout.max_tokens`, as [`fit_prompts`] does for training (a huge one is dropped before it
 /// is tokenised). Returns the sets kept and one line per set that lost problems.
@@ -64,8 +67,8 @@ pub fn fit_eval_sets(
     tok: &Tokenizer,
     context: &ContextLimit,
     cfg: &Config,
-    evals: Vec<(String, Vec<Example>)>,
-) -> Result<(Vec<(String, Vec<Example>)>, Vec<String>)> {
+    evals: EvalSets,
+) -> Result<(EvalSets, Vec<String>)> {
     let limit = prompt_limit(cfg, context)?;
     let mut lines = Vec::new();
     let mut out = Vec::with_capacity(evals.len());
