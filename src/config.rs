@@ -198,17 +198,7 @@ pub struct LoraSection {
 }
 
 fn all_projections() -> Vec<String> {
-    [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
-    .map(str::to_string)
-    .to_vec()
+    crate::policy::ALL_TARGETS.map(str::to_string).to_vec()
 }
 
 impl LoraSection {

@@ -12,6 +12,17 @@ use tch::nn::VarStore;
 
 use super::{model, weights, LoraState, Policy};
 
+/// Every module LoRA can adapt, in PEFT's names and layer order.
+pub const ALL_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
 /// LoRA settings (PEFT's `LoraConfig` subset; dropout is always 0).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LoraConfig {
@@ -31,15 +42,7 @@ impl LoraConfig {
     }
 
     fn normalised_targets(&self) -> Result<Vec<String>> {
-        const ALL: [&str; 7] = [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ];
+        const ALL: [&str; 7] = ALL_TARGETS;
         let mut out = Vec::new();
         for t in &self.target_modules {
             let full = if t.ends_with("_proj") {
@@ -326,15 +329,7 @@ fn lora_sort_key(name: &str) -> (usize, usize, String) {
         .get(4)
         .and_then(|s| s.parse().ok())
         .unwrap_or(usize::MAX);
-    let order = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
+    let order = ALL_TARGETS;
     let m = parts
         .get(6)
         .and_then(|m| order.iter().position(|o| o == m))

@@ -61,7 +61,7 @@ use tch::{Device, Kind, Tensor};
 pub use config::{Arch, ModelConfig};
 pub use generate::{FinishReason, Generation, SamplingParams};
 pub use logits::{TokenChunk, TrainPass, DEFAULT_CHUNK_TOKENS};
-pub use lora::LoraConfig;
+pub use lora::{LoraConfig, ALL_TARGETS};
 pub use model::{causal_mask, positions_from_mask, KvCache, Transformer, WeightInit};
 pub use tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 

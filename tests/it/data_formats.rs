@@ -93,29 +93,24 @@ fn data_inspect_and_prepare() {
 
     let tmp = tempfile::tempdir().expect("tmp");
     let dst = tmp.path().join("math_train.jsonl");
-    let o = cures(&[
-        "data",
-        "prepare",
-        p.to_str().expect("utf8"),
-        "--solution-key",
-        "solution",
-        "--out",
-        dst.to_str().expect("utf8"),
-    ]);
+    let prepare = |out: &std::path::Path| {
+        cures(&[
+            "data",
+            "prepare",
+            p.to_str().expect("utf8"),
+            "--solution-key",
+            "solution",
+            "--out",
+            out.to_str().expect("utf8"),
+        ])
+    };
+    let o = prepare(&dst);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let prepared = load(&dst).expect("prepared loads with the defaults");
     assert_eq!(prepared, load_with(&p, &math()).expect("folder").examples);
     // An output named for another format is refused, and nothing is written.
     let pq = tmp.path().join("x.parquet");
-    let o = cures(&[
-        "data",
-        "prepare",
-        p.to_str().expect("utf8"),
-        "--solution-key",
-        "solution",
-        "--out",
-        pq.to_str().expect("utf8"),
-    ]);
+    let o = prepare(&pq);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("writes JSON Lines; name the file .jsonl"),

@@ -10,7 +10,7 @@ use std::process::Command;
 use crate::run_e2e::{policy_dir, read_csv, small_run_args};
 
 /// `cures` with `args` and, when given, `CURES_FAIL_PHASE`: (success, stdout + stderr).
-fn cures_env(args: &[String], fail: Option<&str>) -> (bool, String) {
+pub(crate) fn cures_env(args: &[String], fail: Option<&str>) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cures"));
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))

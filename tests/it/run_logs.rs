@@ -5,28 +5,15 @@
 //! recorded once it has stepped.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::run_e2e::{policy_dir, read_csv, small_run_args};
 
-/// `cures` with `args` (and `CURES_FAIL_PHASE` when given): (success, stdout + stderr).
+/// `cures` with `args` (and `CURES_FAIL_PHASE` when given): (success, stdout + stderr); never
+/// a panic.
 fn cures(args: &[String], fail: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cures"));
-    cmd.args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("CURES_FAIL_PHASE");
-    if let Some(f) = fail {
-        cmd.env("CURES_FAIL_PHASE", f);
-    }
-    let out = cmd.output().expect("run cures");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = crate::run_faults::cures_env(args, fail);
     assert!(!text.contains("panicked"), "{text}");
-    (out.status.success(), text)
+    (ok, text)
 }
 
 fn args(out: &Path, steps: &str, extra: &[&str]) -> Vec<String> {

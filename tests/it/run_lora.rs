@@ -3,7 +3,6 @@
 //! and `cures merge-lora` writes the merged model, whose logits are the adapted model's.
 
 use std::path::Path;
-use std::process::Command;
 
 use cures::policy::Policy;
 use tch::{Device, Kind, Tensor};
@@ -11,19 +10,9 @@ use tch::{Device, Kind, Tensor};
 use crate::run_e2e::{policy_dir, small_run_args};
 
 fn cures(args: &[String]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cures"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run cures");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = crate::run_faults::cures_env(args, None);
     assert!(!text.contains("panicked"), "{text}");
-    (out.status.success(), text)
+    (ok, text)
 }
 
 fn lora_args(out: &Path, steps: &str) -> Vec<String> {
@@ -100,7 +89,7 @@ fn a_lora_run_checkpoints_adapters_resumes_bitwise_and_merges() {
     // merge-lora: the merged model's logits are the adapted model's.
     let merged = tmp.path().join("merged");
     let adapter_dir = ck(&straight).join("policy");
-    let (ok, text) = cures(&[
+    let merge: Vec<String> = [
         "merge-lora".into(),
         "--base".into(),
         policy_dir().display().to_string(),
@@ -108,7 +97,9 @@ fn a_lora_run_checkpoints_adapters_resumes_bitwise_and_merges() {
         adapter_dir.display().to_string(),
         "--out".into(),
         merged.display().to_string(),
-    ]);
+    ]
+    .to_vec();
+    let (ok, text) = cures(&merge);
     assert!(ok, "{text}");
     let mut adapted = Policy::load(policy_dir(), Device::Cpu, Kind::Float).expect("base");
     adapted.load_lora(&adapter_dir).expect("adapter");
@@ -123,15 +114,7 @@ fn a_lora_run_checkpoints_adapters_resumes_bitwise_and_merges() {
     let moved = (&a - &b).abs().max().double_value(&[]);
     assert!(moved > 1e-3, "the adapter changes nothing: {moved}");
     // An existing --out is refused.
-    let (ok, text) = cures(&[
-        "merge-lora".into(),
-        "--base".into(),
-        policy_dir().display().to_string(),
-        "--adapter".into(),
-        adapter_dir.display().to_string(),
-        "--out".into(),
-        merged.display().to_string(),
-    ]);
+    let (ok, text) = cures(&merge);
     assert!(!ok && text.contains("exists"), "{text}");
 }
 
