@@ -6,6 +6,7 @@
 //! the policy is updated, and everything users analyse is written as CSV by [`metrics`].
 //! Pure modules (curriculum, reward, advantages) never touch the network, the disk or tch.
 
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod curriculum;

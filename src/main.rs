@@ -254,49 +254,55 @@ enum BenchCommand {
     Reward(cures::bench::reward::RewardBenchArgs),
     /// Random strings through the verifier: panics (must be 0) and the slowest case.
     RewardFuzz(cures::bench::reward::RewardFuzzArgs),
-    /// Forward+backward tokens/s of a ~28M Llama: cures (tch) vs PyTorch eager.
-    TrainStep {
-        /// Sequences per step.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Tokens per sequence.
-        #[arg(long, default_value_t = 256)]
-        seq: usize,
-        /// Timed steps.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Skip the PyTorch reference.
-        #[arg(long)]
-        no_reference: bool,
-        /// Print one JSON object as the last line of stdout.
-        #[arg(long)]
-        json: bool,
-        /// Instead: peak memory and tokens/s of the update with the LM head chunked (512, the default) and
-        /// not (0), each in its own child process, beside the memory plan (`big-vocab`: 2
-        /// layers, hidden 256, vocabulary 151 936, 4 x 1024 tokens; `small`).
-        #[arg(long)]
-        preset: Option<String>,
-        /// (internal) measure one chunk size in this process and print it as JSON.
-        #[arg(long, hide = true, requires = "preset")]
-        child_chunk: Option<usize>,
-    },
-    /// Greedy generation tokens/s with the KV cache vs recomputing the prefix.
-    Generate {
-        /// Rows decoded together.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Prompt tokens.
-        #[arg(long, default_value_t = 32)]
-        prompt_tokens: usize,
-        /// New tokens.
-        #[arg(long, default_value_t = 256)]
-        new_tokens: usize,
-        /// Print one JSON object as the last line of stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Forward+backward tokens/s of a preset's model on a device: cures (tch) vs PyTorch eager
+    /// (and MFU on CUDA); or, with --head-memory, the update's peak memory vs the plan.
+    TrainStep(cures::bench::train_step::TrainStepArgs),
+    /// Greedy generation tokens/s with the KV cache vs recomputing the prefix, in f32 and bf16.
+    Generate(cures::bench::train_step::GenerateArgs),
 }
 
+/// `cures bench train-step --head-memory PRESET`: the update's peak memory, chunked and not,
+/// beside the memory plan.
+fn head_memory_bench(
+    name: &str,
+    child_chunk: Option<usize>,
+    steps: usize,
+    json: bool,
+) -> Result<()> {
+    use cures::bench::head_memory;
+    let preset = head_memory::Preset::named(name)?;
+    if let Some(chunk) = child_chunk {
+        let r = head_memory::measure(&preset, chunk, steps)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let rs = head_memory::run(&preset, &[cures::policy::DEFAULT_CHUNK_TOKENS, 0], steps)?;
+    println!(
+        "update of {} x {} tokens, vocabulary {} ({} layers, hidden {}), CPU:",
+        preset.batch, preset.seq, preset.vocab, preset.layers, preset.hidden
+    );
+    for r in &rs {
+        println!(
+                    "  logits_chunk_tokens {:>5}: peak {:>8.1} MB (plan {:>8.1} MB, {:+.0}%), {:>9.1} tokens/s",
+                    r.chunk,
+                    r.peak_bytes as f64 / 1e6,
+                    r.plan_bytes as f64 / 1e6,
+                    100.0 * (r.plan_bytes as f64 / r.peak_bytes.max(1) as f64 - 1.0),
+                    r.tokens_per_s
+                );
+    }
+    if let [on, off] = &rs[..] {
+        println!(
+            "  chunked / unchunked: peak {:.3}x, tokens/s {:.3}x",
+            on.peak_bytes as f64 / off.peak_bytes.max(1) as f64,
+            on.tokens_per_s / off.tokens_per_s
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rs)?);
+    }
+    Ok(())
+}
 fn load_config(path: Option<&PathBuf>, set: &[String]) -> Result<Config> {
     Ok(match path {
         Some(p) => Config::load(p, set)?,
@@ -446,94 +452,24 @@ fn run(cli: Cli) -> Result<()> {
             || "cures merge-lora".into(),
             || cures::policy::cli::merge_lora(&args),
         )?,
-        Command::Bench(BenchCommand::TrainStep {
-            preset: Some(name),
-            child_chunk,
-            steps,
-            json,
-            ..
-        }) => {
-            use cures::bench::head_memory;
-            let preset = head_memory::Preset::named(&name)?;
-            if let Some(chunk) = child_chunk {
-                let r = head_memory::measure(&preset, chunk, steps)?;
-                println!("{}", serde_json::to_string(&r)?);
-                return Ok(());
+        Command::Bench(BenchCommand::TrainStep(a)) => {
+            if let Some(name) = &a.head_memory {
+                return head_memory_bench(name, a.child_chunk, a.steps.unwrap_or(5), a.json);
             }
-            let rs = head_memory::run(&preset, &[cures::policy::DEFAULT_CHUNK_TOKENS, 0], steps)?;
-            println!(
-                "update of {} x {} tokens, vocabulary {} ({} layers, hidden {}), CPU:",
-                preset.batch, preset.seq, preset.vocab, preset.layers, preset.hidden
-            );
-            for r in &rs {
-                println!(
-                    "  logits_chunk_tokens {:>5}: peak {:>8.1} MB (plan {:>8.1} MB, {:+.0}%), {:>9.1} tokens/s",
-                    r.chunk,
-                    r.peak_bytes as f64 / 1e6,
-                    r.plan_bytes as f64 / 1e6,
-                    100.0 * (r.plan_bytes as f64 / r.peak_bytes.max(1) as f64 - 1.0),
-                    r.tokens_per_s
-                );
-            }
-            if let [on, off] = &rs[..] {
-                println!(
-                    "  chunked / unchunked: peak {:.3}x, tokens/s {:.3}x",
-                    on.peak_bytes as f64 / off.peak_bytes.max(1) as f64,
-                    on.tokens_per_s / off.tokens_per_s
-                );
-            }
-            if json {
-                println!("{}", serde_json::to_string(&rs)?);
-            }
-        }
-        Command::Bench(BenchCommand::TrainStep {
-            batch,
-            seq,
-            steps,
-            no_reference,
-            json,
-            ..
-        }) => {
-            let b = cures::bench::train_step::TrainStepBench {
-                batch,
-                seq,
-                steps,
-                reference: !no_reference,
-            };
-            let r = cures::bench::train_step::run_train_step(&b).context("bench train-step")?;
-            let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.1}"));
-            println!(
-                "train step ({} params, batch {batch} x {seq} tokens, {} threads):",
-                r.params, r.threads
-            );
-            println!(
-                "  cures    {:>10.1} tokens/s ({:.1} ms/step)",
-                r.cures_tokens_per_s, r.cures_step_ms
-            );
-            println!(
-                "  pytorch  {:>10} tokens/s   ratio {}",
-                fmt(r.pytorch_tokens_per_s),
-                r.ratio.map_or("n/a".into(), |v| format!("{v:.3}"))
-            );
-            if json {
+            use cures::bench::train_step as ts;
+            let b = ts::TrainStepBench::from_args(&a)?;
+            let r = ts::run_train_step(&b).context("bench train-step")?;
+            ts::print_train_step(&r);
+            if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             }
         }
-        Command::Bench(BenchCommand::Generate {
-            batch,
-            prompt_tokens,
-            new_tokens,
-            json,
-        }) => {
-            let r = cures::bench::train_step::run_generate(batch, prompt_tokens, new_tokens)
-                .context("bench generate")?;
-            println!("greedy generation ({} params, {batch} rows, {prompt_tokens} prompt + {new_tokens} new tokens):", r.params);
-            println!("  kv cache   {:>10.1} tokens/s", r.kv_cache_tokens_per_s);
-            println!(
-                "  recompute  {:>10.1} tokens/s   speedup {:.2}x (same tokens: {})",
-                r.recompute_tokens_per_s, r.speedup, r.same_tokens
-            );
-            if json {
+        Command::Bench(BenchCommand::Generate(a)) => {
+            use cures::bench::train_step as ts;
+            let g = ts::GenerateBench::from_args(&a)?;
+            let r = ts::run_generate(&g).context("bench generate")?;
+            ts::print_generate(&r);
+            if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             }
         }
@@ -854,7 +790,21 @@ fn main() -> ExitCode {
         }
         default_hook(info);
     }));
-    let cli = Cli::parse();
+    // First, before anything asks libtorch about CUDA: load its CUDA half when it is there.
+    cures::backend::init();
+    let cli = if std::env::args_os().any(|a| a == "--version" || a == "-V") {
+        // `cures --version` names the libtorch loaded and the backend found (or why CPU only).
+        let v = format!("{}\n{}", env!("CARGO_PKG_VERSION"), cures::backend::get());
+        let m = <Cli as clap::CommandFactory>::command()
+            .version(&*Box::leak(v.into_boxed_str()))
+            .get_matches();
+        match <Cli as clap::FromArgMatches>::from_arg_matches(&m) {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        }
+    } else {
+        Cli::parse()
+    };
     fault::set_verbose(cli.verbose);
     // Whatever the command, a libtorch failure (or a bug's panic) ends it with one error.
     match fault::catch(|| run(cli)) {

@@ -94,13 +94,9 @@ pub fn run(o: &AllOptions) -> Result<Vec<Row>> {
         Err(e) => rows.push(na("reward verifications", format!("{e:#}"))),
     }
     // Train step vs PyTorch eager.
-    let tb = super::train_step::TrainStepBench {
-        batch: 8,
-        seq: 128,
-        steps: if o.quick { 2 } else { 5 },
-        reference: true,
-    };
-    match super::train_step::run_train_step(&tb) {
+    match super::train_step::TrainStepBench::cpu(8, 128, if o.quick { 2 } else { 5 })
+        .and_then(|tb| super::train_step::run_train_step(&tb))
+    {
         Ok(r) => rows.push(Row {
             what: format!(
                 "train step fwd+bwd, {}M params, {} threads, vs PyTorch eager",
@@ -115,12 +111,22 @@ pub fn run(o: &AllOptions) -> Result<Vec<Row>> {
         Err(e) => rows.push(na("train step", format!("{e:#}"))),
     }
     // Generation with the KV cache vs recomputing the prefix.
-    match super::train_step::run_generate(4, 16, if o.quick { 64 } else { 256 }) {
+    let gb =
+        super::train_step::Preset::named("bench").map(|preset| super::train_step::GenerateBench {
+            preset,
+            device: tch::Device::Cpu,
+            kinds: vec![tch::Kind::Float],
+            batch: 4,
+            prompt_tokens: 16,
+            new_tokens: if o.quick { 64 } else { 256 },
+            reference: true,
+        });
+    match gb.and_then(|g| super::train_step::run_generate(&g)) {
         Ok(r) => rows.push(Row {
             what: "generation with KV cache vs recomputing the prefix".into(),
-            cures: format!("{:.0} tok/s", r.kv_cache_tokens_per_s),
-            reference: format!("{:.0} tok/s", r.recompute_tokens_per_s),
-            ratio: Some(r.speedup),
+            cures: format!("{:.0} tok/s", r.rows[0].kv_cache_tokens_per_s),
+            reference: fmt(r.rows[0].recompute_tokens_per_s, "tok/s"),
+            ratio: r.rows[0].speedup,
             note: "target ≥ 5x at 256 new tokens".into(),
         }),
         Err(e) => rows.push(na("generation", format!("{e:#}"))),

@@ -1,4 +1,4 @@
-//! `cures bench train-step --preset big-vocab`: the update's peak memory and tokens/s with the
+//! `cures bench train-step --head-memory big-vocab`: the update's peak memory and tokens/s with the
 //! LM head in chunks (`train.logits_chunk_tokens` = 512, the default) and without (0), each measured in a
 //! child process of its own (a process's peak resident memory never goes down), beside the
 //! memory plan's estimate for the same shapes (`src/train/plan.rs`).
@@ -208,7 +208,13 @@ pub fn run(preset: &Preset, chunks: &[usize], steps: usize) -> Result<Vec<HeadMe
     let mut out = Vec::new();
     for &chunk in chunks {
         let o = std::process::Command::new(&exe)
-            .args(["bench", "train-step", "--preset", preset.name, "--steps"])
+            .args([
+                "bench",
+                "train-step",
+                "--head-memory",
+                preset.name,
+                "--steps",
+            ])
             .arg(steps.to_string())
             .args(["--child-chunk", &chunk.to_string()])
             .output()

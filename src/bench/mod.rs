@@ -15,6 +15,15 @@ pub mod train_step;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `--device` of a bench: `cpu`, `cuda` or `cuda:N`, refused with the reason when this process
+/// cannot use it (no CUDA libtorch, no device: `crate::backend`).
+pub fn device_arg(s: &str) -> anyhow::Result<tch::Device> {
+    let d = crate::train::trainer::parse_device(s, tch::Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    crate::backend::check_device(d).map_err(|e| anyhow::anyhow!("--device {s}: {e}"))?;
+    Ok(d)
+}
+
 /// Median of a sample (NaN when empty).
 pub fn median(xs: &[f64]) -> f64 {
     percentile(xs, 0.5)

@@ -190,8 +190,7 @@ fn run_reference(
 
 /// Run the optimiser bench.
 pub fn run(a: &OptimBenchArgs) -> Result<OptimResult> {
-    let device = crate::train::trainer::parse_device(&a.device, Device::Cpu)
-        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let device = super::device_arg(&a.device)?;
     let cfg = shape_config(&a.shape)?;
     let threads = tch::get_num_threads();
     let mut rows = Vec::new();

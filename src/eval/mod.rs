@@ -546,7 +546,7 @@ pub fn run(opts: EvalOptions) -> Result<EvalSummary> {
             .as_ref()
             .context("pass --model DIR (embedded engine) or --endpoint URL (server)")?;
         let template = template_for(dir)?;
-        let device = crate::run::device_of(&cfg);
+        let device = crate::run::device_of(&cfg)?;
         let kind = parse_kind(&cfg.model.dtype)?;
         let policy = Policy::load(dir, device, kind)
             .with_context(|| format!("--model {}", dir.display()))?;

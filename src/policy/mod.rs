@@ -258,6 +258,43 @@ impl Policy {
         })
     }
 
+    /// A randomly initialised model drawn by libtorch's generator directly on `device` (HF init
+    /// as [`Policy::from_config_random`], but no host copy: for benches at billion-parameter
+    /// shapes; the values differ between devices).
+    pub fn from_config_random_on_device(
+        cfg: ModelConfig,
+        tokenizer: Tokenizer,
+        seed: u64,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Policy> {
+        let std = cfg
+            .extra
+            .get("initializer_range")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.02);
+        tch::manual_seed(seed as i64);
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
+        let model = crate::fault::catch(|| {
+            Ok(Transformer::new(
+                &vs.root(),
+                &cfg,
+                WeightInit::Random { std },
+            ))
+        })
+        .context("initialising the model")?;
+        Ok(Policy {
+            cfg,
+            tok: tokenizer,
+            vs,
+            model,
+            lora: None,
+            device,
+            kind,
+        })
+    }
+
     /// The model config.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg

@@ -69,7 +69,7 @@ pub fn init(cfg: &Config, out: &Path, quiet: bool) -> Result<InitSummary> {
         .with_context(|| format!("data.train = {:?}", cfg.data.train))?;
     let policy = Policy::load(
         Path::new(&cfg.model.path),
-        device_of(cfg),
+        device_of(cfg)?,
         parse_kind(&cfg.model.dtype)?,
     )
     .with_context(|| format!("model.path = {}", cfg.model.path))?;

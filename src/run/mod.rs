@@ -390,7 +390,7 @@ impl Models {
     /// `model.path` and the checkpoint holds the adapters (`policy/`, `reference/`, PEFT
     /// layout).
     fn load(cfg: &Config, saved: Option<&Saved>) -> Result<Models> {
-        let device = device_of(cfg);
+        let device = device_of(cfg)?;
         let kind = parse_kind(&cfg.model.dtype)?;
         let lora = cfg.model.lora.as_ref();
         let model_dir = match saved {

@@ -13,13 +13,17 @@ use crate::reward;
 use crate::rollout::{EmbeddedEngine, EngineKind, RolloutEngine, RolloutRequest};
 use crate::sync::WeightSync;
 
-/// Resolve `model.device`.
-pub fn device_of(cfg: &Config) -> Device {
-    match cfg.model.device.as_str() {
+/// Resolve `model.device`; `cuda` on a process without CUDA is refused with the reason
+/// (`crate::backend`).
+pub fn device_of(cfg: &Config) -> Result<Device> {
+    let d = match cfg.model.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
         _ => Device::cuda_if_available(),
-    }
+    };
+    crate::backend::check_device(d)
+        .map_err(|e| anyhow::anyhow!("model.device = \"{}\": {e}", cfg.model.device))?;
+    Ok(d)
 }
 
 /// Load one named dataset (`testbed` = the generated testbed's train or held-out split).

@@ -1,7 +1,7 @@
 //! The memory plan of a run: the bytes each part takes on each device, from the model's
 //! `config.json` and the run's config alone (`cures check --plan`, and `cures run` before it
 //! loads anything). Pure arithmetic; the activation and LM-head terms are calibrated against the
-//! peak resident memory of one update on a CPU (`cures bench train-step --preset ...`, which
+//! peak resident memory of one update on a CPU (`cures bench train-step --head-memory ...`, which
 //! prints the measured peak beside this estimate).
 
 use crate::config::Config;
@@ -76,7 +76,7 @@ fn per_token_layer(m: &ModelConfig) -> u64 {
 
 /// fp32 `[chunk × vocab]` tensors alive at once in one LM-head chunk with its backward (the
 /// logits in the compute dtype and in fp32, the log-sum-exp's exponentials, the gradients of
-/// the gather and of the log-sum-exp): 5, as measured by `cures bench train-step --preset
+/// the gather and of the log-sum-exp): 5, as measured by `cures bench train-step --head-memory
 /// big-vocab` without chunking (12.3 GB for 4096 x 151 936 x 4 B = 2.49 GB).
 const HEAD_COPIES: u64 = 5;
 
@@ -223,7 +223,7 @@ impl MemoryPlan {
         let cpu = DeviceClass::of(&cfg.model.device) == DeviceClass::Cpu;
         // CPU attention (libtorch's flash kernel) saves O(T) per head for the backward, but one
         // fp32 [heads x T x T] block per sequence exists at the peak: measured with
-        // `cures bench train-step --preset long` (2 x 4096 tokens: 878 MB against 453 MB
+        // `cures bench train-step --head-memory long` (2 x 4096 tokens: 878 MB against 453 MB
         // without it).
         let attn = if cpu {
             t * m.num_attention_heads.max(0) as u64 * seq * 4

@@ -125,7 +125,7 @@ fn diff_counts_moved_weights_and_names_a_mismatch() {
 }
 
 /// The memory plan's activations + LM-head chunk against the measured peak of the same update
-/// (`cures bench train-step --preset small`: the peak RSS one update adds, in a child process per
+/// (`cures bench train-step --head-memory small`: the peak RSS one update adds, in a child process per
 /// chunk size, see src/bench/head_memory.rs): within ±30%, chunked and not.
 #[test]
 fn the_memory_plan_matches_the_measured_peak_of_an_update() {
@@ -134,7 +134,7 @@ fn the_memory_plan_matches_the_measured_peak_of_an_update() {
         .args([
             "bench",
             "train-step",
-            "--preset",
+            "--head-memory",
             "small",
             "--steps",
             "1",

@@ -20,6 +20,7 @@ mod convert_gguf;
 mod curriculum_props;
 mod data_formats;
 mod eval_cli;
+mod gpu_build;
 mod plot_cli;
 mod policy_chat;
 mod policy_load;
