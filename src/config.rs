@@ -304,6 +304,10 @@ pub struct RunConfig {
     pub eval_temperature: f64,
     /// Samples per held-out problem when `eval_temperature` > 0 (accuracy = mean, avg@k).
     pub eval_samples: usize,
+    /// Also score each held-out problem by the teacher-forced probability of its correct answer:
+    /// this text, `{answer}` filled in, after the prompt (one forward pass per problem;
+    /// `eval.csv` `answer_prob`, the mean over problems). Empty = off.
+    pub eval_answer_template: String,
     /// Checkpoint every k steps (and at the end; 0 = only at the end).
     pub checkpoint_every: usize,
     /// Per-prompt posterior trace every k steps (0 = only at the end).
@@ -329,6 +333,7 @@ impl Default for RunConfig {
             eval_every: 10,
             eval_temperature: 0.0,
             eval_samples: 1,
+            eval_answer_template: String::new(),
             checkpoint_every: 10,
             prompts_every: 10,
             log_rollouts: 8,
@@ -481,6 +486,17 @@ pub enum PEstimate {
     MaxLikelihood,
 }
 
+/// How a drawn batch's budget is split (`curriculum.allocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationRule {
+    /// The strategy's own rule: CurES n_i ∝ σ_i, GVM's weights, equal for GRPO and Speed-RL.
+    Strategy,
+    /// The same n for every drawn prompt (N/m, within n_min..n_max): with `strategy = "cures"`,
+    /// CurES's prompt sampling alone (the study's `cures_sampling_only` arm).
+    Equal,
+}
+
 /// What a drawn prompt whose σ is 0 gets (`curriculum.zero_sigma`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -523,6 +539,8 @@ pub struct CurriculumConfig {
     pub p_estimate: PEstimate,
     /// CurES: what a drawn prompt with σ = 0 gets: `skip` (the paper's n ∝ σ: none) or `n_min`.
     pub zero_sigma: ZeroSigma,
+    /// `strategy` (its own rule: CurES n_i ∝ σ_i) or `equal` (the same n per drawn prompt).
+    pub allocation: AllocationRule,
     /// GVM's a (default 1e-3).
     pub gvm_a: f64,
     /// GVM's b (default 2).
@@ -546,6 +564,7 @@ impl Default for CurriculumConfig {
             posterior_updates: PosteriorUpdates::EveryStep,
             p_estimate: PEstimate::PosteriorMean,
             zero_sigma: ZeroSigma::Skip,
+            allocation: AllocationRule::Strategy,
             gvm_a: 1e-3,
             gvm_b: 2.0,
         }
@@ -913,6 +932,17 @@ impl Config {
         }
         if it.steps == 0 {
             return Err(invalid("iterations.steps", "must be at least 1"));
+        }
+        if !self.run.eval_answer_template.is_empty()
+            && !self.run.eval_answer_template.contains("{answer}")
+        {
+            return Err(invalid(
+                "run.eval_answer_template",
+                format!(
+                    "{:?} has no {{answer}} to fill in (\"\" turns the answer probability off)",
+                    self.run.eval_answer_template
+                ),
+            ));
         }
         if self.run.eval_samples > MAX_EVAL_SAMPLES {
             return Err(invalid(

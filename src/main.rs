@@ -88,25 +88,9 @@ enum Command {
     Eval(cures::eval::EvalArgs),
     /// Charts (PNG + SVG) of run directories: accuracy, reward, allocation, ρ, p̂, phase times.
     Plot(cures::plot::PlotArgs),
-    /// The learning-efficiency study: CurES vs GRPO, Speed-RL, GVM and CurES ablations on the
-    /// CPU testbed, several seeds each; resumes where it stopped.
-    Study {
-        /// Study config (base of every run).
-        #[arg(long, default_value = "configs/study.toml")]
-        config: PathBuf,
-        /// Output directory.
-        #[arg(long, default_value = "results/study")]
-        out: PathBuf,
-        /// Seeds per setting.
-        #[arg(long, default_value_t = 3)]
-        seeds: usize,
-        /// Only these settings (comma-separated names, e.g. grpo,cures).
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// No per-step lines.
-        #[arg(long)]
-        quiet: bool,
-    },
+    /// The learning-efficiency study (docs/study.md): arms × seeds on a task family, in pieces,
+    /// resumable; `summarize DIR` recomputes summary.csv from whatever finished runs exist.
+    Study(StudyArgs),
     /// Convert model files from other formats into HF checkpoint directories.
     #[command(subcommand)]
     Convert(ConvertCommand),
@@ -189,6 +173,80 @@ enum ConvertCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct StudyArgs {
+    #[command(subcommand)]
+    action: Option<StudyAction>,
+    /// Study config (base of every run).
+    #[arg(long, default_value = "configs/study.toml")]
+    config: PathBuf,
+    /// Output directory (runs go to runs/<family>/<arm>-s<seed>; results/study holds the
+    /// first design's runs, N = 1024, docs/study.md).
+    #[arg(long, default_value = "results/study2")]
+    out: PathBuf,
+    /// Seeds per arm.
+    #[arg(long, default_value_t = 5)]
+    seeds: usize,
+    /// The first seed: runs seeds S..S+K (other pieces of the same design).
+    #[arg(long, default_value_t = 0)]
+    seed_offset: u64,
+    /// Arms, comma-separated (default: the design's grpo,cures,cures_sampling_only; every arm:
+    /// also speed_rl, gvm, cures_tau0.05, cures_tau0.2, cures_tau0.5, cures_sigma_gradient,
+    /// cures_lambda0.9).
+    #[arg(long, value_delimiter = ',', alias = "only")]
+    arms: Vec<String>,
+    /// Task family.
+    #[arg(long, default_value = "testbed")]
+    family: String,
+    /// No per-step lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum StudyAction {
+    /// Recompute DIR/summary.csv, curves.csv and plots/ from the finished runs under DIR/runs.
+    Summarize {
+        /// The study directory.
+        dir: PathBuf,
+    },
+}
+
+fn print_summary(rows: &[cures::study::SummaryRow], out: &std::path::Path) {
+    let f = |x: Option<f64>, d: usize| x.map_or("-".to_string(), |v| format!("{v:.d$}"));
+    let ci = |m: Option<f64>, lo: Option<f64>, hi: Option<f64>, d: usize| {
+        format!("{} [{}, {}]", f(m, d), f(lo, d), f(hi, d))
+    };
+    println!(
+        "{:<9} {:<21} {:>5} {:>24} {:>24} {:>27} {:>27} {:>5} {:>8}",
+        "family",
+        "method",
+        "seeds",
+        "R(A50) [95% CI]",
+        "R(A75) [95% CI]",
+        "AUC - GRPO [95% CI]",
+        "final - GRPO [95% CI]",
+        "cens",
+        "wall s"
+    );
+    for r in rows {
+        println!(
+            "{:<9} {:<21} {:>5} {:>24} {:>24} {:>27} {:>27} {:>5} {:>8.0}",
+            r.family,
+            r.method,
+            r.seeds,
+            ci(r.ratio_a50, r.ratio_a50_lo, r.ratio_a50_hi, 2),
+            ci(r.ratio_a75, r.ratio_a75_lo, r.ratio_a75_hi, 2),
+            ci(r.auc_diff, r.auc_diff_lo, r.auc_diff_hi, 4),
+            ci(r.final_gap, r.final_gap_lo, r.final_gap_hi, 4),
+            r.censored,
+            r.wall_s
+        );
+    }
+    println!("wrote {}/{{summary.csv,curves.csv,plots/}}", out.display());
 }
 
 #[derive(Subcommand)]
@@ -365,6 +423,13 @@ fn reads_no_config(c: &Command) -> Option<(&'static str, &'static str)> {
         Command::Convert(_) => ("cures convert", "its flags (cures convert --help)"),
         Command::Reward(_) => ("cures reward", "its flags (cures reward --help)"),
         Command::Plot(_) => ("cures plot", "its flags (cures plot --help)"),
+        Command::Study(StudyArgs {
+            action: Some(StudyAction::Summarize { .. }),
+            ..
+        }) => (
+            "cures study summarize",
+            "nothing: it reads the finished runs as they are",
+        ),
         _ => return None,
     })
 }
@@ -516,40 +581,23 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&s)?);
             }
         }
-        Command::Study {
-            config,
-            out,
-            seeds,
-            only,
-            quiet,
-        } => {
-            let rows = cures::study::study(&cures::study::StudyOptions {
-                config,
-                set: cli.set.clone(),
-                out: out.clone(),
-                seeds,
-                only,
-                quiet,
-            })?;
-            let f = |x: Option<f64>| x.map_or("never".to_string(), |v| format!("{v:.0}"));
-            println!(
-                "{:<22} {:>5} {:>14} {:>10} {:>10} {:>9} {:>9} {:>8}",
-                "method", "seeds", "to GRPO final", "min", "max", "final", "vs GRPO", "wall s"
-            );
-            for r in &rows {
-                println!(
-                    "{:<22} {:>5} {:>14} {:>10} {:>10} {:>9.3} {:>+9.1} {:>8.0}",
-                    r.method,
-                    r.seeds,
-                    f(r.completions_to_grpo_final_median),
-                    f(r.completions_to_grpo_final_min),
-                    f(r.completions_to_grpo_final_max),
-                    r.final_acc_median,
-                    r.delta_vs_grpo_points,
-                    r.wall_s
-                );
+        Command::Study(a) => {
+            if let Some(StudyAction::Summarize { dir }) = a.action {
+                let rows = cures::study::summarize_dir(&dir)?;
+                print_summary(&rows, &dir);
+                return Ok(());
             }
-            println!("wrote {}/{{summary.csv,curves.csv,runs/}}", out.display());
+            let rows = cures::study::study(&cures::study::StudyOptions {
+                config: a.config,
+                set: cli.set.clone(),
+                out: a.out.clone(),
+                seeds: a.seeds,
+                seed_offset: a.seed_offset,
+                arms: a.arms,
+                family: a.family,
+                quiet: a.quiet,
+            })?;
+            print_summary(&rows, &a.out);
         }
         Command::Run {
             config,

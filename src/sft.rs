@@ -174,7 +174,10 @@ pub fn sft(cfg: &Config, out: Option<&Path>, quiet: bool) -> Result<SftReport> {
         params,
         examples,
         final_loss: ema,
-        heldout_by_level: by_level.into_iter().map(|(n, _, a)| (n, a)).collect(),
+        heldout_by_level: by_level
+            .into_iter()
+            .map(|s| (s.benchmark, s.accuracy))
+            .collect(),
         wall_s: t0.elapsed().as_secs_f64(),
     })
 }

@@ -7,7 +7,8 @@ use super::allocation::{
 use super::posterior::Posterior;
 use super::sampler::WeightRule;
 use crate::config::{
-    BatchConfig, CurriculumConfig, PEstimate, SigmaKind, StrategyKind, TemperatureRule, ZeroSigma,
+    AllocationRule, BatchConfig, CurriculumConfig, PEstimate, SigmaKind, StrategyKind,
+    TemperatureRule, ZeroSigma,
 };
 
 /// One distinct prompt of a step's batch, with how many of the m draws hit it.
@@ -30,6 +31,7 @@ pub struct Strategy {
     sigma: SigmaKind,
     p_estimate: PEstimate,
     zero_sigma: ZeroSigma,
+    allocation: AllocationRule,
     n_min: u32,
     n_max: u32,
     gvm_a: f64,
@@ -62,6 +64,7 @@ impl Strategy {
             sigma: c.sigma,
             p_estimate: c.p_estimate,
             zero_sigma: c.zero_sigma,
+            allocation: c.allocation,
             n_min: c.n_min.min(u32::MAX as usize) as u32,
             n_max: c.n_max_for(b).min(u32::MAX as usize) as u32,
             gvm_a: c.gvm_a,
@@ -160,8 +163,13 @@ impl Strategy {
         let mut lo = Vec::with_capacity(draws.len());
         let mut hi = Vec::with_capacity(draws.len());
         let mut skipped = 0u32;
+        let equal = self.allocation == AllocationRule::Equal;
         for d in draws {
-            let w = self.allocation_weight(posterior, grads, d.prompt);
+            let w = if equal {
+                1.0
+            } else {
+                self.allocation_weight(posterior, grads, d.prompt)
+            };
             let k = d.multiplicity;
             weights.push(w * f64::from(k));
             let skip =
@@ -263,6 +271,48 @@ mod tests {
         assert_eq!(n.iter().sum::<u32>(), 32);
         assert!(n[0] > n[2] && n[2] > n[1], "{n:?}");
         assert!(n[0] >= 4, "merged group keeps 2·n_min");
+    }
+
+    /// `allocation = "equal"`: CurES still samples by ρ, but every drawn prompt gets N/m, a
+    /// σ = 0 prompt included (nothing skipped); duplicates keep k times the share.
+    #[test]
+    fn equal_allocation_keeps_cures_sampling_and_splits_evenly() {
+        let (mut c, b) = cfg(StrategyKind::Cures);
+        c.allocation = AllocationRule::Equal;
+        c.p_estimate = PEstimate::MaxLikelihood;
+        let s = Strategy::from_config(&c, &b);
+        let mut post = Posterior::new(4, BetaPrior::default(), 1.0);
+        post.observe(1, 4, 4); // σ = 0: skipped by the strategy's own rule
+        post.observe(2, 1, 8);
+        let a = s
+            .allocate(&draws(4), &post, &GradientStats::default(), 32)
+            .unwrap();
+        assert_eq!(a.n, vec![8; 4]);
+        assert_eq!(a.zero_sigma, 0);
+        assert!(matches!(s.weight_rule(), WeightRule::Cures { .. }));
+        c.allocation = AllocationRule::Strategy;
+        let a = Strategy::from_config(&c, &b)
+            .allocate(&draws(4), &post, &GradientStats::default(), 32)
+            .unwrap();
+        assert_eq!(a.n[1], 0, "{:?}", a.n);
+        assert_eq!(a.zero_sigma, 1);
+        let d = vec![
+            Draw {
+                local: 0,
+                prompt: 0,
+                multiplicity: 3,
+            },
+            Draw {
+                local: 1,
+                prompt: 1,
+                multiplicity: 1,
+            },
+        ];
+        c.allocation = AllocationRule::Equal;
+        let a = Strategy::from_config(&c, &b)
+            .allocate(&d, &post, &GradientStats::default(), 32)
+            .unwrap();
+        assert_eq!(a.n, vec![24, 8]);
     }
 
     #[test]

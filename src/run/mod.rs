@@ -47,8 +47,8 @@ pub use crate::rundir::schema::{EvalRow, PromptTraceRow, StepRow};
 pub use check::{check_inputs, configured_memory, data_shape, memory_plan, InputCheck};
 pub use init::{init, InitRow, InitSummary};
 pub use setup::{
-    device_of, encode_prompt, encode_with, eval_sets, evaluate, fit_prompts, load_dataset,
-    make_engine, make_sync, prompt_limit, ContextLimit, TrainSet,
+    answer_probs, device_of, encode_prompt, encode_with, eval_sets, evaluate, fit_prompts,
+    load_dataset, make_engine, make_sync, prompt_limit, ContextLimit, EvalScore, TrainSet,
 };
 use step::{seed_for, Prompts};
 
@@ -333,24 +333,29 @@ impl Logs {
         let mut first = None;
         let mut rows = Vec::new();
         for (name, ex) in evals {
-            for (bench, n, acc) in evaluate(policy, cfg, name, ex)? {
-                first.get_or_insert(acc);
+            for sc in evaluate(policy, cfg, name, ex)? {
+                first.get_or_insert(sc.accuracy);
                 rows.push(EvalRow {
                     step,
                     cum_completions: cum,
                     cum_generated_completions: generated,
-                    benchmark: bench,
-                    problems: n,
-                    accuracy: acc,
+                    benchmark: sc.benchmark,
+                    problems: sc.problems,
+                    accuracy: sc.accuracy,
+                    answer_prob: sc.answer_prob,
                 });
             }
         }
         self.eval.append(&rows)?;
         if let Some(tb) = self.tb.as_mut() {
-            let vals: Vec<(String, f64)> = rows
+            let mut vals: Vec<(String, f64)> = rows
                 .iter()
                 .map(|r| (format!("eval/{}", r.benchmark), r.accuracy))
                 .collect();
+            vals.extend(rows.iter().filter_map(|r| {
+                r.answer_prob
+                    .map(|p| (format!("eval_answer_prob/{}", r.benchmark), p))
+            }));
             tb.scalars(step, &vals)?;
             tb.flush()?;
         }

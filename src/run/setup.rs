@@ -133,11 +133,12 @@ pub fn evaluate(
     cfg: &Config,
     name: &str,
     examples: &[Example],
-) -> Result<Vec<(String, usize, f64)>> {
+) -> Result<Vec<EvalScore>> {
     let prompts: Vec<Vec<i64>> = examples
         .iter()
         .map(|e| encode_prompt(policy, cfg, &e.problem))
         .collect::<Result<_>>()?;
+    let probs = answer_probs(policy, cfg, &prompts, examples)?;
     let mut sampling = cfg.rollout.clone();
     sampling.temperature = cfg.run.eval_temperature;
     let k = if cfg.run.eval_temperature == 0.0 {
@@ -160,11 +161,17 @@ pub fn evaluate(
         let ok = reward::score(&c.text, &examples[c.request].answer, &cfg.reward).equivalent;
         correct[c.request] += usize::from(ok);
     }
-    let acc = |idx: &[usize]| {
-        idx.iter().map(|&i| correct[i]).sum::<usize>() as f64 / (idx.len() * k).max(1) as f64
+    let score = |benchmark: String, idx: &[usize]| EvalScore {
+        benchmark,
+        problems: idx.len(),
+        accuracy: idx.iter().map(|&i| correct[i]).sum::<usize>() as f64
+            / (idx.len() * k).max(1) as f64,
+        answer_prob: probs
+            .as_ref()
+            .map(|p| idx.iter().map(|&i| p[i]).sum::<f64>() / idx.len().max(1) as f64),
     };
     let all: Vec<usize> = (0..examples.len()).collect();
-    let mut out = vec![(name.to_string(), all.len(), acc(&all))];
+    let mut out = vec![score(name.to_string(), &all)];
     let mut levels: Vec<u32> = examples.iter().filter_map(|e| e.level).collect();
     levels.sort_unstable();
     levels.dedup();
@@ -172,9 +179,71 @@ pub fn evaluate(
         let idx: Vec<usize> = (0..examples.len())
             .filter(|&i| examples[i].level == Some(l))
             .collect();
-        out.push((format!("{name}/L{l}"), idx.len(), acc(&idx)));
+        out.push(score(format!("{name}/L{l}"), &idx));
     }
     Ok(out)
+}
+
+/// One held-out score (a row of `eval.csv` without its step columns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalScore {
+    /// `heldout`, `heldout/L3`, or the set's name.
+    pub benchmark: String,
+    /// Problems scored.
+    pub problems: usize,
+    /// Accuracy (pass@1 or avg@k).
+    pub accuracy: f64,
+    /// Mean teacher-forced probability of the correct answer (None when off).
+    pub answer_prob: Option<f64>,
+}
+
+/// The teacher-forced probability of each problem's correct answer given its prompt:
+/// exp(Σ log p) over the tokens of `run.eval_answer_template` with `{answer}` filled in, one
+/// forward pass per problem (micro-batched as the update is). None when the template is empty.
+pub fn answer_probs(
+    policy: &Policy,
+    cfg: &Config,
+    prompts: &[Vec<i64>],
+    examples: &[Example],
+) -> Result<Option<Vec<f64>>> {
+    let template = &cfg.run.eval_answer_template;
+    if template.is_empty() {
+        return Ok(None);
+    }
+    let seqs: Vec<(Vec<i64>, Vec<i64>)> = prompts
+        .iter()
+        .zip(examples)
+        .enumerate()
+        .map(|(i, (p, e))| {
+            let text = template.replace("{answer}", &e.answer);
+            let ids = policy.tokenizer().encode(&text, false)?;
+            anyhow::ensure!(
+                !ids.is_empty(),
+                "held-out problem {}: run.eval_answer_template with its answer {:?} is no tokens",
+                i + 1,
+                e.answer
+            );
+            Ok((p.clone(), ids))
+        })
+        .collect::<Result<_>>()?;
+    let lps = tch::no_grad(|| {
+        policy.token_logprobs(
+            &seqs,
+            cfg.train.micro_batch_tokens,
+            cfg.train.logits_chunk_tokens,
+        )
+    })
+    .context("the answer probabilities of the held-out problems")?;
+    lps.iter()
+        .map(|t| {
+            let s = t
+                .f_sum(tch::Kind::Double)
+                .and_then(|s| s.f_double_value(&[]))
+                .context("summing answer log-probs")?;
+            Ok(s.exp())
+        })
+        .collect::<Result<Vec<f64>>>()
+        .map(Some)
 }
 
 /// The rollout engine `rollout.engine` names: the embedded engine over `policy`, or the

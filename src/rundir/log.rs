@@ -242,6 +242,33 @@ impl<T: Serialize + DeserializeOwned> CsvLog<T> {
             (kept, cut.note)
         };
         let header = !kept.is_empty();
+        // A log written before a column was added: its rows are rewritten under today's header
+        // (the new column empty), so the rows appended next line up with it.
+        let mut note = note;
+        if let Some(first) = kept.first() {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.serialize(first)
+                .with_context(|| format!("cannot write a row of {}", path.display()))?;
+            let now = w
+                .into_inner()
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error()))?;
+            let now_header = now.split(|&b| b == b'\n').next().unwrap_or_default();
+            let on_disk =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let disk_header = on_disk.split(|&b| b == b'\n').next().unwrap_or_default();
+            if now_header != disk_header {
+                crate::metrics::write_csv_atomic(path, &kept)?;
+                let msg = format!(
+                    "{}: rewritten with today's columns ({})",
+                    path.display(),
+                    String::from_utf8_lossy(now_header)
+                );
+                note = Some(match note {
+                    Some(n) => format!("{n}; {msg}"),
+                    None => msg,
+                });
+            }
+        }
         Ok((
             Self {
                 path: path.to_path_buf(),
@@ -373,6 +400,37 @@ mod tests {
 
     fn step(r: &Row) -> u64 {
         r.step
+    }
+
+    /// A log from before a column existed: reopened, its rows are rewritten under today's
+    /// header (the new column empty), so appended rows line up; an up-to-date one is untouched.
+    #[test]
+    fn a_log_without_a_new_column_is_rewritten_with_it() {
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        struct Wider {
+            step: u64,
+            x: f64,
+            #[serde(default)]
+            y: Option<f64>,
+        }
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("eval.csv");
+        std::fs::write(&p, "step,x\n0,0.5\n1,0.25\n").expect("write");
+        let (mut log, kept, note) = CsvLog::<Wider>::open(&p, 1, |r| r.step).expect("open");
+        assert_eq!(kept.len(), 2);
+        assert!(note.is_some_and(|n| n.contains("rewritten with today's columns (step,x,y)")));
+        log.append(&[Wider {
+            step: 2,
+            x: 0.125,
+            y: Some(0.9),
+        }])
+        .expect("append");
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert_eq!(text, "step,x,y\n0,0.5,\n1,0.25,\n2,0.125,0.9\n");
+        let before = std::fs::read(&p).expect("read");
+        let (_, kept, note) = CsvLog::<Wider>::open(&p, 2, |r| r.step).expect("reopen");
+        assert_eq!((kept.len(), note), (3, None));
+        assert_eq!(std::fs::read(&p).expect("read"), before);
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub struct EvalRow {
     pub problems: usize,
     /// Greedy pass@1.
     pub accuracy: f64,
+    /// Mean teacher-forced probability of the correct answer (`run.eval_answer_template`;
+    /// empty when off or in runs from before it).
+    #[serde(default)]
+    pub answer_prob: Option<f64>,
 }
 
 /// One row of `prompts.csv` (posterior trace).

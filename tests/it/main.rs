@@ -39,5 +39,6 @@ mod server_faults;
 mod server_llama;
 mod server_sglang;
 mod server_vllm;
+mod study_cli;
 mod tch_smoke;
 mod train_memory;

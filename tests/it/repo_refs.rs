@@ -21,8 +21,9 @@ const PREFIXES: [&str; 8] = [
 
 /// What commands write under `results/` (git-ignored, or the default of an `--out`): a mention
 /// of one of these need not exist in a clone.
-const OUTPUTS: [&str; 8] = [
+const OUTPUTS: [&str; 9] = [
     "results/runs",
+    "results/study2",
     "results/init",
     "results/study/runs",
     "results/sim",
