@@ -213,6 +213,31 @@ enum StudyAction {
         /// The study directory.
         dir: PathBuf,
     },
+    /// GRPO's gradient noise scale at the study's start (in completions) beside its informative
+    /// completions per step: the figure that chose the design's regime (docs/study.md).
+    NoiseScale {
+        /// Study config.
+        #[arg(long, default_value = "configs/study.toml")]
+        config: PathBuf,
+        /// Prompts per step of the large batch.
+        #[arg(long, default_value_t = 16)]
+        prompts: usize,
+        /// Prompts per step of the small batch.
+        #[arg(long, default_value_t = 2)]
+        small: usize,
+        /// Completions per prompt.
+        #[arg(long, default_value_t = 8)]
+        per_prompt: usize,
+        /// Steps (gradient samples) per batch size.
+        #[arg(long, default_value_t = 64)]
+        steps: usize,
+        /// Where the two runs go.
+        #[arg(long, default_value = "results/study2/noise-scale")]
+        out: PathBuf,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn print_summary(rows: &[cures::study::SummaryRow], out: &std::path::Path) {
@@ -582,10 +607,53 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Study(a) => {
-            if let Some(StudyAction::Summarize { dir }) = a.action {
-                let rows = cures::study::summarize_dir(&dir)?;
-                print_summary(&rows, &dir);
-                return Ok(());
+            match a.action {
+                Some(StudyAction::Summarize { dir }) => {
+                    let rows = cures::study::summarize_dir(&dir)?;
+                    print_summary(&rows, &dir);
+                    return Ok(());
+                }
+                Some(StudyAction::NoiseScale {
+                    config,
+                    prompts,
+                    small,
+                    per_prompt,
+                    steps,
+                    out,
+                    json,
+                }) => {
+                    let n = cures::study::noise::measure(
+                        &config,
+                        &cli.set,
+                        &out,
+                        (prompts, small, per_prompt),
+                        steps,
+                        true,
+                    )?;
+                    println!(
+                        "GRPO at the study's start, {} steps per batch size ({:.0} s):",
+                        n.steps, n.wall_s
+                    );
+                    println!(
+                        "  mean |G_B|^2: {:.4e} at B = {}, {:.4e} at B = {}",
+                        n.sq_norm_big, n.big, n.sq_norm_small, n.small
+                    );
+                    println!(
+                        "  |G|^2 = {:.4e}, tr(Sigma) = {:.4e}: noise scale B_simple = {:.0} completions",
+                        n.true_sq_norm, n.trace_sigma, n.noise_scale
+                    );
+                    println!(
+                        "  GRPO's informative completions per step at B = {}: {:.1} ({:.0}% of groups informative)",
+                        n.big,
+                        n.informative_per_step,
+                        100.0 * n.informative_frac
+                    );
+                    if json {
+                        println!("{}", serde_json::to_string(&n)?);
+                    }
+                    return Ok(());
+                }
+                None => {}
             }
             let rows = cures::study::study(&cures::study::StudyOptions {
                 config: a.config,

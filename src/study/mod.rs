@@ -9,6 +9,7 @@
 //! order, into one directory. `summary.csv` (`summary`) is recomputed from whatever finished
 //! runs the directory holds; the statistics are in `stats`.
 
+pub mod noise;
 pub mod stats;
 pub mod summary;
 

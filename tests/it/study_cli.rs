@@ -243,3 +243,65 @@ fn a_study_in_pieces_keeps_finished_runs_resumes_and_summarizes_the_same() {
     assert!(!o.status.success());
     assert!(text(&o).contains("(no study there?)"), "{}", text(&o));
 }
+
+#[test]
+fn noise_scale_measures_two_batch_sizes() {
+    let _serial = crate::support::serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args([
+            "study",
+            "noise-scale",
+            "--prompts",
+            "4",
+            "--small",
+            "2",
+            "--per-prompt",
+            "4",
+            "--steps",
+            "3",
+            "--json",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("noise-scale");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("noise scale B_simple = "), "{t}");
+    let v: serde_json::Value =
+        serde_json::from_str(t.lines().rfind(|l| l.starts_with('{')).expect("json")).expect("json");
+    assert_eq!(
+        (v["big"].as_u64(), v["small"].as_u64()),
+        (Some(16), Some(8)),
+        "{v}"
+    );
+    for k in ["sq_norm_big", "sq_norm_small", "informative_frac"] {
+        assert!(
+            v[k].as_f64().is_some_and(|x| x.is_finite() && x >= 0.0),
+            "{k}: {v}"
+        );
+    }
+    // Three steps at the study's start, weights held still (lr 1e-30).
+    let steps = std::fs::read_to_string(dir.path().join("big/steps.csv")).expect("steps.csv");
+    assert_eq!(steps.lines().count(), 4, "{steps}");
+    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(["study", "noise-scale", "--prompts", "2", "--small", "2"])
+        .output()
+        .expect("noise-scale");
+    assert!(
+        text(&o).contains("need 1 ≤ --small < --prompts"),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(["study", "summarize", "results/study", "--set", "seed=1"])
+        .output()
+        .expect("summarize");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("cures study summarize reads no config"),
+        "{}",
+        text(&o)
+    );
+}
