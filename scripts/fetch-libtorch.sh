@@ -7,8 +7,8 @@
 #        scripts/fetch-libtorch.sh --cuda   also the CUDA half, in $CURES_CACHE/libtorch-2.11.0-cuda:
 #                                           the CPU files (hard links) plus libtorch_cuda.so & co
 #                                           from the same wheel and the CUDA 13 runtime libraries
-#                                           from the nvidia-* wheels the wheel requires (~1.9 GB
-#                                           more download, ~3.5 GB more on disk)
+#                                           from the nvidia-* wheels the wheel requires (1.98 GB
+#                                           more download, 3.1 GB more on disk)
 #        scripts/fetch-libtorch.sh --cpu    link the CPU-only one again (CURES_CUDA=0 does the same
 #                                           for one command)
 #        CURES_CACHE=/some/dir scripts/fetch-libtorch.sh
@@ -64,7 +64,7 @@ download() {
   local deps=()
   if [[ "$1" == --no-deps ]]; then deps=(--no-deps); shift; fi
   log "downloading $* from PyPI ..."
-  if ! "$PY" -m pip download --quiet "${deps[@]}" --only-binary=:all: -d "$WHEELS" "$@"; then
+  if ! "$PY" -m pip download --quiet ${deps[@]+"${deps[@]}"} --only-binary=:all: -d "${DL_DIR:-$WHEELS}" "$@"; then
     log "error: 'pip download $*' failed: is PyPI reachable from this machine (proxy, certificate)?"
     exit 1
   fi
@@ -141,6 +141,7 @@ fetch_cuda() {
   local work
   work=$(mktemp -d "$CACHE/.libtorch-cuda-work.XXXXXX")
   trap 'rm -rf "$work"' EXIT
+  download --no-deps "torch==$TORCH_VERSION"   # (kept from the CPU cut; fetched again if pruned)
   local whl
   whl=$(torch_wheel)
   # The CUDA libraries exactly as the wheel pins them (its Linux Requires-Dist: cuda-toolkit[...]
@@ -157,19 +158,18 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 PYEOF
   )
   ((${#reqs[@]})) || { log "error: $(basename "$whl") requires no cuda-toolkit/nvidia-* wheels: not a CUDA wheel"; exit 1; }
-  local before
-  before=$(du -sb "$WHEELS" | cut -f1)
-  download "${reqs[@]}"
-  local after
-  after=$(du -sb "$WHEELS" | cut -f1)
-  log "downloaded $(( (after - before) / 1000000 )) MB of CUDA wheels (the nvidia-* wheels total $(du -cb "$WHEELS"/nvidia_*.whl | tail -1 | cut -f1 | awk '{printf "%d", $1/1e6}') MB)"
+  # Their own folder per torch version: only the wheels this torch pins are extracted.
+  local cuda_wheels="$WHEELS/cuda-$TORCH_VERSION"
+  mkdir -p "$cuda_wheels"
+  DL_DIR="$cuda_wheels" download "${reqs[@]}"
+  log "CUDA wheels: $(du -cb "$cuda_wheels"/*.whl | tail -1 | cut -f1 | awk '{printf "%d", $1/1e6}') MB in $cuda_wheels"
 
   local stage="$work/libtorch"
   mkdir -p "$stage"
   cp -al "$DEST/." "$stage/"   # the CPU half, as hard links (no extra disk)
   rm -f "$stage/.complete"
   log "extracting the CUDA half of $(basename "$whl") and the CUDA libraries of ${#reqs[@]} wheels"
-  "$PY" - "$stage/lib" "$whl" "$WHEELS" "${reqs[@]}" <<'PYEOF'
+  "$PY" - "$stage/lib" "$whl" "$cuda_wheels" "${reqs[@]}" <<'PYEOF'
 import sys, zipfile, os, re, glob
 lib, whl, wheels, reqs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 have = set(os.listdir(lib))
@@ -194,12 +194,12 @@ for w in sorted(glob.glob(os.path.join(wheels, "nvidia_*.whl"))):
     with zipfile.ZipFile(w) as z:
         for name in z.namelist():
             base = os.path.basename(name)
-            if re.match(r"nvidia/[^/]+/lib/[^/]+\.so(\.\d+)*$", name) and base not in ("libcudart.so.13", "libcupti.so.13"):
+            if re.match(r"nvidia/[^/]+/lib/[^/]+\.so(\.\d+)*$", name):
                 extract(z, name, base)
 PYEOF
   [[ -f "$stage/lib/libtorch_cuda.so" ]] || { log "error: $(basename "$whl") holds no torch/lib/libtorch_cuda.so"; exit 1; }
   # Every library libtorch_cuda.so needs must resolve from here (no CUDA driver or GPU needed).
-  if ! err=$("$PY" -c 'import ctypes,sys
+  if ! err=$(env -u LD_LIBRARY_PATH -u LD_PRELOAD "$PY" -c 'import ctypes,sys
 ctypes.CDLL(sys.argv[1] + "/libc10.so", mode=ctypes.RTLD_GLOBAL)
 ctypes.CDLL(sys.argv[1] + "/libtorch_cpu.so", mode=ctypes.RTLD_GLOBAL)
 ctypes.CDLL(sys.argv[1] + "/libtorch_cuda.so", mode=ctypes.RTLD_GLOBAL)' "$stage/lib" 2>&1); then

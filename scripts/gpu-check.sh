@@ -18,16 +18,18 @@
 # the testbed demo on the device. Exit status 0 when every step ran, 1 otherwise (the JSON is
 # written either way).
 set -uo pipefail
+CALLER=$(pwd)
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SMOKE=0
-OUT=gpu-check.json
-BIN="${CURES_BIN:-}"
+OUT="$CALLER/gpu-check.json"
+BIN="${CURES_BIN:+$(abs "$CURES_BIN")}"
 while (($#)); do
   case "$1" in
     --cpu-smoke) SMOKE=1 ;;
-    --out) OUT="${2:?--out needs a file}"; shift ;;
-    --bin) BIN="${2:?--bin needs a path}"; shift ;;
+    --out) OUT=$(abs "${2:?--out needs a file}"); shift ;;
+    --bin) BIN=$(abs "${2:?--bin needs a path}"); shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -48,6 +50,7 @@ if ((SMOKE)); then
   PRESET=tiny
   RUN_SETS=(--set batch.prompts=16 --set batch.budget=64 --set iterations.init_rollouts=1
             --set run.eval_samples=1)
+  export CURES_CUDA=0   # the CPU path, even where a CUDA libtorch and a GPU are present
 else
   DEVICE=cuda
   PRESET=qwen2.5-math-1.5b
@@ -58,6 +61,16 @@ else
   }
   export LD_LIBRARY_PATH="$TL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export CURES_BENCH_PYTHON="${CURES_BENCH_PYTHON:-$(command -v "$PY")}"
+fi
+# The references run in this python: it must be PyTorch 2.11 (the ABI cures was built against)
+# with transformers; otherwise the figures it would give are missing, and the check fails.
+REF_ERR=""
+if ! REF_ERR=$("${CURES_BENCH_PYTHON:-$PY}" -c 'import torch, transformers
+assert torch.__version__.startswith("2.11"), f"torch {torch.__version__}, not 2.11"' 2>&1); then
+  REF_ERR="${CURES_BENCH_PYTHON:-$PY}: $(echo "$REF_ERR" | tail -1)"
+  echo "gpu-check: no PyTorch reference: $REF_ERR" >&2
+else
+  REF_ERR=""
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cures-gpu-check.XXXXXX")
@@ -86,12 +99,14 @@ step train_step "$BIN" bench train-step --device "$DEVICE" --preset "$PRESET" --
 step generate "$BIN" bench generate --device "$DEVICE" --preset "$PRESET" --json
 step run "$BIN" run --config configs/demo.toml --set model.device="$DEVICE" \
   --set iterations.subsets=1 --set iterations.steps=3 --set run.eval_every=3 \
-  "${RUN_SETS[@]}" --out "$WORK/run" --overwrite --quiet --json
+  ${RUN_SETS[@]+"${RUN_SETS[@]}"} --out "$WORK/run" --overwrite --quiet --json
+# On a GPU machine a missing reference is a failed check (on a CPU smoke run it may be absent).
+if [[ -n "$REF_ERR" ]] && ((SMOKE == 0)); then FAILED=1; fi
 
-"$PY" - "$WORK" "$OUT" "$DEVICE" "$PRESET" "$SMOKE" <<'PYEOF'
+"$PY" - "$WORK" "$OUT" "$DEVICE" "$PRESET" "$SMOKE" "$REF_ERR" <<'PYEOF'
 import json, os, sys
 
-work, out, device, preset, smoke = sys.argv[1:6]
+work, out, device, preset, smoke, ref_err = sys.argv[1:7]
 res = {"mode": "cpu-smoke" if smoke == "1" else "gpu", "device": device, "preset": preset}
 errors = {}
 
@@ -137,8 +152,8 @@ for key in ("cures_tokens_per_s", "pytorch_tokens_per_s", "ratio", "cures_mfu", 
             "params", "dtype", "gpu"):
     res[f"train_step_{key}"] = ts.get(key)
 if ts and ts.get("pytorch_tokens_per_s") is None:
-    errors.setdefault("train_step_reference", [l for l in read("train_step", "err").splitlines()
-                                               if "reference" in l][-1:] or "not run")
+    why = [l for l in read("train_step", "err").splitlines() if "reference" in l]
+    errors["train_step_reference"] = ref_err or (why[-1] if why else "not run")
 
 gen = last_json("generate") or {}
 res["generate"] = gen or None

@@ -188,7 +188,7 @@ struct StudyArgs {
     #[arg(long, default_value = "results/study2")]
     out: PathBuf,
     /// Seeds per arm.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 15)]
     seeds: usize,
     /// The first seed: runs seeds S..S+K (other pieces of the same design).
     #[arg(long, default_value_t = 0)]
@@ -229,7 +229,7 @@ enum StudyAction {
         #[arg(long, default_value_t = 8)]
         per_prompt: usize,
         /// Steps (gradient samples) per batch size.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 256)]
         steps: usize,
         /// Where the two runs go.
         #[arg(long, default_value = "results/study2/noise-scale")]
@@ -639,8 +639,8 @@ fn run(cli: Cli) -> Result<()> {
                         n.sq_norm_big, n.big, n.sq_norm_small, n.small
                     );
                     println!(
-                        "  |G|^2 = {:.4e}, tr(Sigma) = {:.4e}: noise scale B_simple = {:.0} completions",
-                        n.true_sq_norm, n.trace_sigma, n.noise_scale
+                        "  |G|^2 = {:.4e}, tr(Sigma) = {:.4e}: noise scale B_simple = {:.0} completions (95% bootstrap interval {:.0}-{:.0})",
+                        n.true_sq_norm, n.trace_sigma, n.noise_scale, n.noise_scale_lo, n.noise_scale_hi
                     );
                     println!(
                         "  GRPO's informative completions per step at B = {}: {:.1} ({:.0}% of groups informative)",
@@ -910,7 +910,9 @@ fn main() -> ExitCode {
     cures::backend::init();
     let cli = if std::env::args_os().any(|a| a == "--version" || a == "-V") {
         // `cures --version` names the libtorch loaded and the backend found (or why CPU only).
-        let v = format!("{}\n{}", env!("CARGO_PKG_VERSION"), cures::backend::get());
+        let backend = fault::catch(|| Ok(cures::backend::get().to_string()))
+            .unwrap_or_else(|e| format!("backend: unknown (libtorch failed: {e:#})"));
+        let v = format!("{}\n{backend}", env!("CARGO_PKG_VERSION"));
         let m = <Cli as clap::CommandFactory>::command()
             .version(&*Box::leak(v.into_boxed_str()))
             .get_matches();

@@ -67,6 +67,8 @@ pub use tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
 /// CUDA when available, else CPU.
 pub fn default_device() -> Device {
+    // Before libtorch is first asked about CUDA (it decides once per process).
+    crate::backend::init();
     Device::cuda_if_available()
 }
 

@@ -16,6 +16,8 @@ use crate::sync::WeightSync;
 /// Resolve `model.device`; `cuda` on a process without CUDA is refused with the reason
 /// (`crate::backend`).
 pub fn device_of(cfg: &Config) -> Result<Device> {
+    // Before libtorch is first asked about CUDA (it decides once per process).
+    crate::backend::init();
     let d = match cfg.model.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),

@@ -192,7 +192,8 @@ pub fn study(opts: &StudyOptions) -> Result<Vec<SummaryRow>> {
                 overwrite: !resume,
                 quiet: opts.quiet,
             })?;
-            let wall = t.elapsed().as_secs_f64();
+            // The whole run's wall time, earlier (interrupted) processes included.
+            let wall = s.run_wall_s.max(t.elapsed().as_secs_f64());
             eprintln!(
                 "study: {} {} seed {seed}: held-out {:.3} -> {:.3} in {wall:.0} s",
                 family.0,

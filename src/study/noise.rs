@@ -36,8 +36,14 @@ pub struct NoiseScale {
     pub true_sq_norm: f64,
     /// tr(Σ) estimate (per completion).
     pub trace_sigma: f64,
-    /// B_simple = tr(Σ)/|G|², in completions (NaN when |G|² is not resolved: ≤ 0).
+    /// B_simple = tr(Σ)/|G|², in completions (all of them: the loss is a mean over every
+    /// completion's tokens, zero-advantage ones included; NaN when |G|² is not resolved: ≤ 0).
     pub noise_scale: f64,
+    /// Its 95% bootstrap interval (2 000 resamples of the steps of each batch size; NaN ends
+    /// when more than 2.5% of the resamples leave |G|² unresolved).
+    pub noise_scale_lo: f64,
+    /// Upper end.
+    pub noise_scale_hi: f64,
     /// Mean share of informative groups (reward variance > 0) over the large batch's steps.
     pub informative_frac: f64,
     /// GRPO's informative completions per step at the large batch (big × informative_frac).
@@ -69,7 +75,7 @@ pub fn measure(
         "noise-scale: need 1 ≤ --small < --prompts, --per-prompt ≥ 2 and --steps ≥ 2"
     );
     let t = std::time::Instant::now();
-    let mut sq = Vec::new();
+    let mut per_step: Vec<Vec<f64>> = Vec::new();
     let mut informative = 0.0;
     for (label, m) in [("big", prompts), ("small", small)] {
         let mut s = set.to_vec();
@@ -97,7 +103,6 @@ pub fn measure(
         .with_context(|| format!("noise-scale: the {label} batch's run"))?;
         let rows: Vec<StepRow> = crate::rundir::read_csv(&dir.join("steps.csv"))?;
         anyhow::ensure!(!rows.is_empty(), "noise-scale: {label} run made no steps");
-        let s2 = rows.iter().map(|r| r.grad_norm * r.grad_norm).sum::<f64>() / rows.len() as f64;
         if label == "big" {
             informative = rows
                 .iter()
@@ -105,10 +110,13 @@ pub fn measure(
                 .sum::<f64>()
                 / rows.len() as f64;
         }
-        sq.push(s2);
+        per_step.push(rows.iter().map(|r| r.grad_norm * r.grad_norm).collect());
     }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let sq = [mean(&per_step[0]), mean(&per_step[1])];
     let (big, sm) = (prompts * per_prompt, small * per_prompt);
     let (g2, tr) = estimate(big as f64, sq[0], sm as f64, sq[1]);
+    let (lo, hi) = bootstrap(big as f64, &per_step[0], sm as f64, &per_step[1]);
     Ok(NoiseScale {
         big,
         small: sm,
@@ -118,10 +126,45 @@ pub fn measure(
         true_sq_norm: g2,
         trace_sigma: tr,
         noise_scale: if g2 > 0.0 { tr / g2 } else { f64::NAN },
+        noise_scale_lo: lo,
+        noise_scale_hi: hi,
         informative_frac: informative,
         informative_per_step: big as f64 * informative,
         wall_s: t.elapsed().as_secs_f64(),
     })
+}
+
+/// The 95% percentile bootstrap interval of B from per-step squared norms (an unresolved |G|²
+/// counts as B = +∞).
+pub fn bootstrap(b_big: f64, big: &[f64], b_small: f64, small: &[f64]) -> (f64, f64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let draw = |v: &[f64], rng: &mut rand_chacha::ChaCha8Rng| {
+        (0..v.len())
+            .map(|_| v[rng.random_range(0..v.len())])
+            .sum::<f64>()
+            / v.len() as f64
+    };
+    let mut bs: Vec<f64> = (0..2000)
+        .map(|_| {
+            let (g2, tr) = estimate(b_big, draw(big, &mut rng), b_small, draw(small, &mut rng));
+            if g2 > 0.0 {
+                tr / g2
+            } else {
+                f64::INFINITY
+            }
+        })
+        .collect();
+    bs.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let x = bs[((bs.len() - 1) as f64 * q).round() as usize];
+        if x.is_finite() {
+            x
+        } else {
+            f64::NAN
+        }
+    };
+    (at(0.025), at(0.975))
 }
 
 #[cfg(test)]
@@ -138,5 +181,19 @@ mod tests {
             "{g2} {tr}"
         );
         assert!((tr / g2 - 150.0).abs() < 1e-6);
+        // Steps without spread: the bootstrap interval is the point.
+        let (lo, hi) = bootstrap(128.0, &[s(128.0); 5], 16.0, &[s(16.0); 5]);
+        assert!(
+            (lo - 150.0).abs() < 1e-6 && (hi - 150.0).abs() < 1e-6,
+            "{lo} {hi}"
+        );
+        // Spread widens it around the point.
+        let (lo, hi) = bootstrap(
+            128.0,
+            &[s(128.0) * 0.9, s(128.0) * 1.1, s(128.0)],
+            16.0,
+            &[s(16.0) * 0.9, s(16.0) * 1.1, s(16.0)],
+        );
+        assert!(lo < 150.0 && hi > 150.0, "{lo} {hi}");
     }
 }

@@ -2,8 +2,9 @@
 //! area-under-curve and final-accuracy differences with 95% confidence intervals out.
 //!
 //! A curve is a run's held-out accuracy at each evaluation against every completion generated up
-//! to it (training and pre-rollouts). It is smoothed by a trailing 3-evaluation running mean
-//! before anything is read off it.
+//! to it (training and pre-rollouts). It is smoothed by a 3-evaluation running mean (each mean
+//! placed at the mean x of its window, so a straight line stays on itself) before crossings and
+//! final accuracies are read off it.
 
 /// (completions generated, accuracy) per evaluation, in order.
 pub type Curve = Vec<(f64, f64)>;
@@ -11,16 +12,19 @@ pub type Curve = Vec<(f64, f64)>;
 /// Evaluations in the trailing running mean.
 pub const WINDOW: usize = 3;
 
-/// The trailing running mean of the accuracies over up to [`WINDOW`] evaluations (the first
-/// points average what exists), at the same x.
+/// The running mean over up to [`WINDOW`] consecutive evaluations ending at each one (the first
+/// points average what exists), placed at the mean x of the same window: a trailing mean placed
+/// at its window's last x would lag a rising curve by about one evaluation and pull every
+/// ratio of crossings toward 1.
 pub fn smooth(curve: &[(f64, f64)]) -> Curve {
     (0..curve.len())
         .map(|k| {
             let lo = (k + 1).saturating_sub(WINDOW);
-            let ys = &curve[lo..=k];
+            let w = &curve[lo..=k];
+            let n = w.len() as f64;
             (
-                curve[k].0,
-                ys.iter().map(|p| p.1).sum::<f64>() / ys.len() as f64,
+                w.iter().map(|p| p.0).sum::<f64>() / n,
+                w.iter().map(|p| p.1).sum::<f64>() / n,
             )
         })
         .collect()
@@ -49,8 +53,9 @@ impl Crossing {
 }
 
 /// The first completions count at which the smoothed curve reaches `level` (≥), interpolating
-/// linearly between the evaluation below and the one at or above it. A curve already at the
-/// level at its first point crosses there. Empty curves are censored at 0.
+/// linearly between the smoothed point below and the one at or above it. A curve already at the
+/// level at its first point crosses there. A curve that never reaches it is censored at the
+/// run's last completion count (empty curves at 0).
 pub fn crossing(curve: &[(f64, f64)], level: f64) -> Crossing {
     let s = smooth(curve);
     for k in 0..s.len() {
@@ -64,7 +69,7 @@ pub fn crossing(curve: &[(f64, f64)], level: f64) -> Crossing {
             return Crossing::At(x0 + f.clamp(0.0, 1.0) * (x - x0));
         }
     }
-    Crossing::Censored(s.last().map_or(0.0, |p| p.0))
+    Crossing::Censored(curve.last().map_or(0.0, |p| p.0))
 }
 
 /// The smoothed curve's last value (the mean of the last [`WINDOW`] evaluations).
@@ -331,12 +336,21 @@ mod tests {
     fn smoothing_and_crossings_interpolate() {
         let c = vec![(0.0, 0.3), (100.0, 0.6), (200.0, 0.9), (300.0, 0.9)];
         let s = smooth(&c);
-        assert!(close(s[1].1, 0.45, 1e-12));
-        assert!(close(s[2].1, 0.6, 1e-12));
-        assert!(close(s[3].1, 0.8, 1e-12));
-        // 0.5 lies between s1 = 0.45 (x 100) and s2 = 0.6 (x 200): 100 + 100 · 0.05/0.15.
+        assert_eq!(s[0], (0.0, 0.3));
+        assert!(close(s[1].0, 50.0, 1e-12) && close(s[1].1, 0.45, 1e-12));
+        assert!(close(s[2].0, 100.0, 1e-12) && close(s[2].1, 0.6, 1e-12));
+        assert!(close(s[3].0, 200.0, 1e-12) && close(s[3].1, 0.8, 1e-12));
+        // 0.5 lies between s1 = 0.45 (x 50) and s2 = 0.6 (x 100): 50 + 50 · 0.05/0.15.
         match crossing(&c, 0.5) {
-            Crossing::At(x) => assert!(close(x, 100.0 + 100.0 / 3.0, 1e-9), "{x}"),
+            Crossing::At(x) => assert!(close(x, 50.0 + 50.0 / 3.0, 1e-9), "{x}"),
+            other => panic!("{other:?}"),
+        }
+        // A straight line stays on itself: a level is crossed where the line reaches it.
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|k| (10.0 * k as f64, 0.01 * k as f64))
+            .collect();
+        match crossing(&line, 0.045) {
+            Crossing::At(x) => assert!(close(x, 45.0, 1e-9), "{x}"),
             other => panic!("{other:?}"),
         }
         // Already there at the first evaluation.

@@ -71,10 +71,18 @@ pub fn read_run(dir: &Path, id: RunId) -> Result<RunRecord> {
         .map(|r| r.benchmark.clone())
         .with_context(|| format!("{}: no held-out rows", eval_path.display()))?;
     let held: Vec<&EvalRow> = rows.iter().filter(|r| r.benchmark == first).collect();
+    // The evaluation before training sits after the first iteration's pre-rollouts (the model is
+    // still at its start while stage 0 is paid for), so an arm that pre-rolls is not credited
+    // with learning across them.
+    let stage0 = steps.first().map_or(0, |r| r.cum_init_completions);
     let curve: Curve = held
         .iter()
         .map(|r| {
-            let init = init.get(&r.step).copied().unwrap_or(0);
+            let init = if r.step == 0 {
+                stage0
+            } else {
+                init.get(&r.step).copied().unwrap_or(0)
+            };
             ((r.cum_completions + init) as f64, r.accuracy)
         })
         .collect();
@@ -211,7 +219,7 @@ pub struct SummaryRow {
     pub ratio_a50_lo: Option<f64>,
     /// Upper end.
     pub ratio_a50_hi: Option<f64>,
-    /// Seeds of this arm that never reach A50.
+    /// Seeds of this arm that never reach A50 (its R is then an upper bound, without interval).
     pub censored_a50: usize,
     /// C(A75), as `c_a50`.
     pub c_a75: Option<f64>,
@@ -247,6 +255,9 @@ pub struct SummaryRow {
     pub completions_total: f64,
     /// Seeds censored at A50 or A75 (censored_a50 + censored_a75).
     pub censored: usize,
+    /// GRPO's seeds that never reach A50 or A75 (every arm's R is then a lower bound, without
+    /// interval).
+    pub grpo_censored: usize,
     /// Mean over seeds of the Pearson correlation, across a run's evaluations, between the
     /// teacher-forced answer probability and avg@k (empty for runs without it).
     pub answer_prob_corr: Option<f64>,
@@ -286,8 +297,10 @@ pub fn summarize(records: &[RunRecord]) -> Vec<SummaryRow> {
             let finals: Vec<f64> = g.iter().map(|r| stats::final_accuracy(&r.curve)).collect();
             stats::mean_var(&finals).0 - start
         });
-        let a50 = gain.map(|g| start + 0.5 * g);
-        let a75 = gain.map(|g| start + 0.75 * g);
+        // No targets without a gain to take fractions of (GRPO not run, or not improving).
+        let climbing = gain.filter(|g| *g > 0.0);
+        let a50 = climbing.map(|g| start + 0.5 * g);
+        let a75 = climbing.map(|g| start + 0.75 * g);
         let upto = all
             .iter()
             .filter_map(|r| r.curve.last().map(|p| p.0))
@@ -310,8 +323,9 @@ pub fn summarize(records: &[RunRecord]) -> Vec<SummaryRow> {
                 .collect()
         };
         let grpo_runs: Vec<&RunRecord> = grpo.cloned().unwrap_or_default();
-        let g50 = values(&crossings(&grpo_runs, a50));
-        let g75 = values(&crossings(&grpo_runs, a75));
+        let g50 = crossings(&grpo_runs, a50);
+        let g75 = crossings(&grpo_runs, a75);
+        let grpo_censored = |c: &[Crossing]| c.iter().filter(|x| x.censored()).count();
         let mut order: Vec<&str> = arms.keys().copied().collect();
         order.sort_by_key(|a| (*a != "grpo", *a));
         for arm in order {
@@ -319,16 +333,22 @@ pub fn summarize(records: &[RunRecord]) -> Vec<SummaryRow> {
             let is_grpo = arm == "grpo";
             let c50 = crossings(runs, a50);
             let c75 = crossings(runs, a75);
-            let ratio = |g: &[f64], c: &[Crossing]| -> (Option<f64>, Option<f64>, Option<f64>) {
-                if c.is_empty() || g.is_empty() {
-                    return (None, None, None);
-                }
-                if is_grpo {
-                    return (Some(1.0), None, None);
-                }
-                let r = stats::efficiency_ratio(g, &values(c));
-                (finite(r.mean), finite(r.lo), finite(r.hi))
-            };
+            // A censored seed (on either side) makes the point a bound and leaves no valid
+            // interval: the cells stay empty and `censored` says why.
+            let ratio =
+                |g: &[Crossing], c: &[Crossing]| -> (Option<f64>, Option<f64>, Option<f64>) {
+                    if c.is_empty() || g.is_empty() {
+                        return (None, None, None);
+                    }
+                    if is_grpo {
+                        return (Some(1.0), None, None);
+                    }
+                    let r = stats::efficiency_ratio(&values(g), &values(c));
+                    if g.iter().chain(c).any(|x| x.censored()) {
+                        return (finite(r.mean), None, None);
+                    }
+                    (finite(r.mean), finite(r.lo), finite(r.hi))
+                };
             let (r50, r50lo, r50hi) = ratio(&g50, &c50);
             let (r75, r75lo, r75hi) = ratio(&g75, &c75);
             let diff = |a: Vec<f64>, b: Vec<f64>| -> (Option<f64>, Option<f64>, Option<f64>) {
@@ -387,6 +407,7 @@ pub fn summarize(records: &[RunRecord]) -> Vec<SummaryRow> {
                 informative_frac: runs.iter().map(|r| r.informative_frac).sum::<f64>() / n,
                 completions_total: runs.iter().map(|r| r.completions_total).sum::<f64>() / n,
                 censored: cens50 + cens75,
+                grpo_censored: grpo_censored(&g50) + grpo_censored(&g75),
                 answer_prob_corr: (!corrs.is_empty())
                     .then(|| corrs.iter().sum::<f64>() / corrs.len() as f64),
                 wall_s: runs.iter().map(|r| r.wall_s).sum(),
@@ -460,7 +481,8 @@ mod tests {
     }
 
     /// Hand-made curves with known answers: GRPO climbs 0.2 → 0.6 linearly over 400
-    /// completions; the method climbs twice as fast (R = 2 at every target).
+    /// completions; the method climbs twice as fast (R = 2 at every target); a flat arm never
+    /// crosses.
     #[test]
     fn known_curves_give_known_ratios_gaps_and_censoring() {
         let line = |slope: f64, end: f64| -> Vec<(f64, f64)> {
@@ -492,31 +514,49 @@ mod tests {
         assert_eq!(grpo.ratio_a50, Some(1.0));
         assert_eq!(grpo.final_gap, Some(0.0));
         let fast = rows.iter().find(|r| r.method == "fast").unwrap();
-        // Smoothed, a linear climb lags by one evaluation spacing (50 completions × slope);
-        // at slope s the crossing of A is (A − 0.2)/s + 50: GRPO 225, fast 137.5.
-        assert!((fast.c_a50.unwrap() - 137.5).abs() < 1e-9, "{fast:?}");
-        let r = fast.ratio_a50.unwrap();
-        assert!((r - 225.0 / 137.5).abs() < 1e-9, "{fast:?}");
+        // The smoothed points of a straight line stay on it: GRPO reaches A50 = 0.375 at
+        // 175 completions, the method (twice the slope) at 87.5: R = 2 exactly.
+        assert!((fast.c_a50.unwrap() - 87.5).abs() < 1e-9, "{fast:?}");
+        assert!((fast.ratio_a50.unwrap() - 2.0).abs() < 1e-9, "{fast:?}");
         // Identical seeds: zero spread, the interval is the point.
-        assert_eq!(fast.ratio_a50_lo, Some(r));
-        assert_eq!(fast.censored, 0);
-        // The same final accuracy (both plateau at 0.6 within the run).
-        assert!(fast.final_gap.unwrap() > 0.0);
+        assert_eq!(fast.ratio_a50_lo, fast.ratio_a50);
+        assert_eq!((fast.censored, fast.grpo_censored), (0, 0));
+        // It plateaus at 0.6 within the run, GRPO ends at 0.55 (its last 3 evaluations).
+        assert!((fast.final_gap.unwrap() - 0.05).abs() < 1e-12, "{fast:?}");
         assert!(fast.auc_diff.unwrap() > 0.0);
         let flat = rows.iter().find(|r| r.method == "flat").unwrap();
         assert_eq!(
             (flat.censored_a50, flat.censored_a75, flat.censored),
             (2, 2, 4)
         );
-        // Censored at 400 (its last count): R(A50) = 225 / 400.
+        // Censored at 400 (its last count): R(A50) = 175 / 400 is an upper bound, no interval.
         assert!(
-            (flat.ratio_a50.unwrap() - 225.0 / 400.0).abs() < 1e-9,
+            (flat.ratio_a50.unwrap() - 175.0 / 400.0).abs() < 1e-9,
             "{flat:?}"
         );
+        assert_eq!((flat.ratio_a50_lo, flat.ratio_a50_hi), (None, None));
         // The AUC range is the shortest run: 400 completions for all.
         assert_eq!(flat.auc_upto, 400.0);
         assert!((flat.auc - 0.2).abs() < 1e-12);
         assert!(flat.final_gap.unwrap() < 0.0);
+    }
+
+    /// GRPO not improving: no targets, no ratios (not R = 1 from crossings at the start).
+    #[test]
+    fn no_gain_no_targets() {
+        let c = [(0.0, 0.3), (100.0, 0.29), (200.0, 0.28)];
+        let rows = summarize(&[rec("grpo", 0, &c), rec("cures", 0, &c)]);
+        for r in &rows {
+            assert!(r.grpo_gain.unwrap() < 0.0);
+            assert_eq!(
+                (r.target_a50, r.ratio_a50, r.c_a50),
+                (None, None, None),
+                "{r:?}"
+            );
+        }
+        // Without a GRPO arm: no targets and no gaps either.
+        let rows = summarize(&[rec("cures", 0, &c)]);
+        assert_eq!((rows[0].grpo_gain, rows[0].final_gap), (None, None));
     }
 
     #[test]

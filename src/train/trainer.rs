@@ -114,12 +114,12 @@ impl TrainConfig {
 
     /// The reference model's device, given the trainer's.
     pub fn reference_device(&self, trainer: Device) -> Result<Device, crate::config::ConfigError> {
-        parse_device(&self.ref_device, trainer).map_err(|reason| {
-            crate::config::ConfigError::Invalid {
+        parse_device(&self.ref_device, trainer)
+            .and_then(|d| crate::backend::check_device(d).map(|()| d))
+            .map_err(|reason| crate::config::ConfigError::Invalid {
                 key: "train.ref_device".into(),
                 reason,
-            }
-        })
+            })
     }
 
     /// Range checks; errors name the key.

@@ -192,7 +192,8 @@ fn short_run_writes_consistent_csvs() {
             "cum_generated_completions",
             "benchmark",
             "problems",
-            "accuracy"
+            "accuracy",
+            "answer_prob"
         ]
     );
     let steps: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();

@@ -192,6 +192,19 @@ fn a_study_in_pieces_keeps_finished_runs_resumes_and_summarizes_the_same() {
     let cures = out.join("runs/testbed/cures-s0");
     assert!(!cures.join("DONE").exists());
     assert!(cures.join("checkpoints/latest").exists());
+    // Summarized now, the unfinished run is named and left out.
+    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(["study", "summarize"])
+        .arg(&out)
+        .output()
+        .expect("summarize");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cures-s0 is not finished (no DONE): left out of the summary"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(summary(&out).len(), 1);
     // Piece 3: resumed; the finished GRPO run is untouched, CurES resumes from step 1.
     let o = study(&out, &["--seeds", "1", "--arms", "grpo,cures"], &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -207,6 +220,14 @@ fn a_study_in_pieces_keeps_finished_runs_resumes_and_summarizes_the_same() {
     );
     let cures_steps = std::fs::read_to_string(cures.join("steps.csv")).expect("steps.csv");
     assert_eq!(cures_steps.lines().count(), 3, "{cures_steps}");
+    // Its held-out evaluations: steps 0, 1 and 2, once each, across the interruption.
+    let eval = std::fs::read_to_string(cures.join("eval.csv")).expect("eval.csv");
+    let held: Vec<&str> = eval
+        .lines()
+        .filter(|l| l.split(',').nth(3) == Some("heldout"))
+        .map(|l| l.split(',').next().unwrap_or(""))
+        .collect();
+    assert_eq!(held, ["0", "1", "2"], "{eval}");
     // Piece 4: another seed of GRPO (--seed-offset): seed 1 runs, seed 0 is not rerun.
     let o = study(
         &out,
@@ -282,9 +303,34 @@ fn noise_scale_measures_two_batch_sizes() {
             "{k}: {v}"
         );
     }
-    // Three steps at the study's start, weights held still (lr 1e-30).
+    // The estimate is the two-batch formula applied to the measured means.
+    let (b, sb, s, ss) = (
+        16.0,
+        v["sq_norm_big"].as_f64().expect("big"),
+        8.0,
+        v["sq_norm_small"].as_f64().expect("small"),
+    );
+    let g2 = (b * sb - s * ss) / (b - s);
+    let tr = (ss - sb) / (1.0 / s - 1.0 / b);
+    assert!((v["true_sq_norm"].as_f64().expect("g2") - g2).abs() <= 1e-9 * g2.abs().max(1.0));
+    assert!((v["trace_sigma"].as_f64().expect("tr") - tr).abs() <= 1e-9 * tr.abs().max(1.0));
+    // Three steps at the study's start, the weights held still (lr 1e-30): the last
+    // checkpoint's policy is the starting one, element for element.
     let steps = std::fs::read_to_string(dir.path().join("big/steps.csv")).expect("steps.csv");
     assert_eq!(steps.lines().count(), 4, "{steps}");
+    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(["diff", "--json", "assets/testbed-policy"])
+        .arg(dir.path().join("big/checkpoints/step_0000003/policy"))
+        .output()
+        .expect("diff");
+    let d: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .expect("json"),
+    )
+    .expect("diff json");
+    assert_eq!(d["total"]["differ"], 0, "{d}");
     let o = Command::new(env!("CARGO_BIN_EXE_cures"))
         .args(["study", "noise-scale", "--prompts", "2", "--small", "2"])
         .output()
