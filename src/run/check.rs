@@ -39,6 +39,22 @@ pub fn memory_plan(
     available: Option<u64>,
     data: Option<DataShape>,
 ) -> Result<(MemoryPlan, Option<u64>)> {
+    // `auto` is planned for the device it resolves to in this process (a GPU when the CUDA
+    // libtorch is loaded and sees one).
+    let resolved;
+    let cfg = if cfg.model.device == "auto" {
+        let mut c = cfg.clone();
+        c.model.device = if crate::backend::cuda_devices() > 0 {
+            "cuda"
+        } else {
+            "cpu"
+        }
+        .into();
+        resolved = c;
+        &resolved
+    } else {
+        cfg
+    };
     let dir = Path::new(&cfg.model.path);
     let model =
         ModelConfig::load(dir).with_context(|| format!("model.path = {}", dir.display()))?;
