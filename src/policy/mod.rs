@@ -65,6 +65,14 @@ pub use lora::{LoraConfig, ALL_TARGETS};
 pub use model::{causal_mask, positions_from_mask, KvCache, Transformer, WeightInit};
 pub use tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
+/// The normal init's standard deviation: `initializer_range` from the config, else HF's 0.02.
+fn init_std(cfg: &ModelConfig) -> f64 {
+    cfg.extra
+        .get("initializer_range")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.02)
+}
+
 /// CUDA when available, else CPU.
 pub fn default_device() -> Device {
     // Before libtorch is first asked about CUDA (it decides once per process).
@@ -224,11 +232,7 @@ impl Policy {
         device: Device,
         kind: Kind,
     ) -> Result<Policy> {
-        let std = cfg
-            .extra
-            .get("initializer_range")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.02);
+        let std = init_std(&cfg);
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         // Zeros/ones first, then fill from a seeded host RNG (deterministic, and independent
@@ -270,11 +274,7 @@ impl Policy {
         device: Device,
         kind: Kind,
     ) -> Result<Policy> {
-        let std = cfg
-            .extra
-            .get("initializer_range")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.02);
+        let std = init_std(&cfg);
         tch::manual_seed(seed as i64);
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::stats::{self, Crossing, Curve};
@@ -46,13 +47,11 @@ pub struct RunRecord {
     pub wall_s: f64,
 }
 
-fn read_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let mut r =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    r.deserialize()
-        .enumerate()
-        .map(|(i, x)| x.with_context(|| format!("{}:{}: bad row", path.display(), i + 2)))
-        .collect()
+/// The rows of a run's CSV log, which must exist (`rundir::read_csv` reads a missing one as
+/// empty).
+fn read_rows<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    anyhow::ensure!(path.exists(), "cannot read {}: not there", path.display());
+    crate::rundir::read_csv(path)
 }
 
 /// Read one finished run directory.

@@ -53,6 +53,14 @@ fn text(o: &Output) -> String {
     )
 }
 
+fn summarize(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cures"))
+        .args(["study", "summarize"])
+        .arg(dir)
+        .output()
+        .expect("cures study summarize")
+}
+
 fn summary(out: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     let mut r = csv::Reader::from_path(out.join("summary.csv")).expect("summary.csv");
     let headers = r.headers().expect("header").clone();
@@ -193,11 +201,7 @@ fn a_study_in_pieces_keeps_finished_runs_resumes_and_summarizes_the_same() {
     assert!(!cures.join("DONE").exists());
     assert!(cures.join("checkpoints/latest").exists());
     // Summarized now, the unfinished run is named and left out.
-    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
-        .args(["study", "summarize"])
-        .arg(&out)
-        .output()
-        .expect("summarize");
+    let o = summarize(&out);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("cures-s0 is not finished (no DONE): left out of the summary"),
@@ -245,22 +249,14 @@ fn a_study_in_pieces_keeps_finished_runs_resumes_and_summarizes_the_same() {
     // summarize recomputes the same summary.csv from the runs.
     let before = std::fs::read(out.join("summary.csv")).expect("summary.csv");
     std::fs::remove_file(out.join("summary.csv")).expect("rm");
-    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
-        .args(["study", "summarize"])
-        .arg(&out)
-        .output()
-        .expect("summarize");
+    let o = summarize(&out);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         std::fs::read(out.join("summary.csv")).expect("summary.csv"),
         before
     );
     // An unfinished run is named and left out; a directory without runs is a clear error.
-    let o = Command::new(env!("CARGO_BIN_EXE_cures"))
-        .args(["study", "summarize"])
-        .arg(dir.path())
-        .output()
-        .expect("summarize");
+    let o = summarize(dir.path());
     assert!(!o.status.success());
     assert!(text(&o).contains("(no study there?)"), "{}", text(&o));
 }
